@@ -1,0 +1,212 @@
+"""The content-addressed embedding cache shared by every vision and language replica.
+
+Keys (``prefix`` defaults to ``tandem``):
+
+- ``{prefix}:emb:{fingerprint}:{image_id}`` -> embedding record (``record.py``); a record
+  larger than ``chunk_bytes`` keeps its first part there and the rest under ``...:{i}`` for
+  i = 1..num_chunks (Redis slows sharply on values over ~8 MB).
+- ``{prefix}:img:{image_id}`` -> the original image bytes, kept longer than embeddings so an
+  evicted embedding can be recomputed between turns.
+- ``{prefix}:lease:{fingerprint}:{image_id}`` -> the replica currently encoding that image.
+
+``image_id`` is the sha256 of the bytes received, computed by the service. A value that fails
+validation is deleted, counted (``cache_bad_values``) and reported as a miss. An unreachable
+store is also a miss (``cache_unavailable``): callers compute instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tandem.embeddings import record
+from tandem.embeddings.kv import KeyValueStore, StoreUnavailable
+from tandem.metrics import Metrics
+from vlm.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+
+def image_id_of(data: bytes) -> str:
+    """The identity of an image: sha256 hex digest of its exact bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_image_id(value: str) -> bool:
+    """True for a well-formed image id (64 lowercase hex digits)."""
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Key prefix, TTLs and chunking of the shared cache."""
+
+    prefix: str = "tandem"
+    embedding_ttl_seconds: int = 3600
+    image_ttl_seconds: int = 7 * 24 * 3600
+    chunk_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.embedding_ttl_seconds < 1 or self.image_ttl_seconds < 1:
+            raise ValueError(f"{self.embedding_ttl_seconds=} and {self.image_ttl_seconds=} must be >= 1")
+        if self.chunk_bytes < 64 * 1024:
+            raise ValueError(f"{self.chunk_bytes=} must be >= 64 KiB")
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A validated embedding: header and a tensor viewing the stored bytes."""
+
+    header: common_pb2.EmbeddingHeader
+    features: torch.Tensor
+
+    @property
+    def grid_thw(self) -> list[int]:
+        return list(self.header.grid_thw)
+
+    def to_record(self) -> bytes:
+        """The single-value record (for inline hand-over)."""
+        header = common_pb2.EmbeddingHeader()
+        header.CopyFrom(self.header)
+        header.num_chunks = 0
+        _, _, raw = record.tensor_bytes(self.features)
+        return record.encode(header, raw)
+
+    def __repr__(self) -> str:
+        return f"Embedding(image_id={self.header.image_id[:12]}, shape={tuple(self.features.shape)})"
+
+
+def decode_inline(value: bytes, expected: record.Expected) -> Embedding:
+    """Validate an inline record; raises ``record.BadRecord``."""
+    header, data = record.split(value)
+    if header.num_chunks:
+        raise record.BadRecord("inline records are never chunked")
+    record.validate(header, len(data), expected)
+    return Embedding(header, record.to_tensor(header, data))
+
+
+class EmbeddingCache:
+    """Read, write and validate embeddings and image bytes for one model fingerprint."""
+
+    def __init__(
+        self,
+        store: KeyValueStore,
+        fingerprint: str,
+        hidden_size: int,
+        settings: CacheSettings | None = None,
+        metrics: Metrics | None = None,
+    ):
+        self.store = store
+        self.fingerprint = fingerprint
+        self.hidden_size = hidden_size
+        self.settings = settings or CacheSettings()
+        self.metrics = metrics or Metrics()
+
+    def key(self, image_id: str) -> str:
+        return f"{self.settings.prefix}:emb:{self.fingerprint}:{image_id}"
+
+    def image_key(self, image_id: str) -> str:
+        return f"{self.settings.prefix}:img:{image_id}"
+
+    def lease_key(self, image_id: str) -> str:
+        return f"{self.settings.prefix}:lease:{self.fingerprint}:{image_id}"
+
+    def expected(self, image_id: str, num_tokens: int | None = None) -> record.Expected:
+        return record.Expected(self.fingerprint, self.hidden_size, image_id, num_tokens)
+
+    async def get(self, image_id: str, num_tokens: int | None = None) -> Embedding | None:
+        """The cached embedding, or None on a miss, a bad value or an unreachable store."""
+        key = self.key(image_id)
+        try:
+            (value,) = await self.store.get_many([key])
+            if value is None:
+                self.metrics.inc("cache_misses")
+                return None
+            embedding = await self._assemble(key, value, self.expected(image_id, num_tokens))
+        except StoreUnavailable:
+            self.metrics.inc("cache_unavailable")
+            return None
+        except record.BadRecord as exc:
+            log.warning("bad cache value for %s: %s; deleting", image_id[:12], exc)
+            self.metrics.inc("cache_bad_values")
+            await self._forget(key)
+            return None
+        self.metrics.inc("cache_hits")
+        return embedding
+
+    async def _assemble(self, key: str, value: bytes, expected: record.Expected) -> Embedding:
+        header, first = record.split(value)
+        if header.num_chunks > 1024:
+            raise record.BadRecord("too many chunks")
+        data: bytes | memoryview = first
+        if header.num_chunks:
+            rest = await self.store.get_many([f"{key}:{i}" for i in range(1, header.num_chunks + 1)])
+            if any(part is None for part in rest):
+                raise record.BadRecord("missing chunk")
+            data = b"".join([first, *(part for part in rest if part is not None)])
+        record.validate(header, len(data), expected)
+        return Embedding(header, record.to_tensor(header, data))
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self.store.delete(key)
+        except StoreUnavailable:
+            pass
+
+    async def put(self, embedding: Embedding) -> bool:
+        """Store an embedding (chunked when large); False when the store is unreachable."""
+        header = common_pb2.EmbeddingHeader()
+        header.CopyFrom(embedding.header)
+        _, _, raw = record.tensor_bytes(embedding.features)
+        size = self.settings.chunk_bytes
+        parts = [raw[i : i + size] for i in range(0, max(len(raw), 1), size)]
+        header.num_chunks = len(parts) - 1
+        key = self.key(header.image_id)
+        items: list[tuple[str, bytes | memoryview]] = [(f"{key}:{i}", p) for i, p in enumerate(parts) if i]
+        items.append((key, record.encode(header, parts[0])))  # head last: readers never see a partial record
+        try:
+            await self.store.put_many(items, self.settings.embedding_ttl_seconds)
+        except StoreUnavailable:
+            self.metrics.inc("cache_unavailable")
+            return False
+        return True
+
+    async def get_image_bytes(self, image_id: str) -> bytes | None:
+        """Original bytes of an image sent earlier, or None (unknown, expired or store down)."""
+        try:
+            (value,) = await self.store.get_many([self.image_key(image_id)])
+        except StoreUnavailable:
+            self.metrics.inc("cache_unavailable")
+            return None
+        if value is not None and image_id_of(value) != image_id:
+            self.metrics.inc("cache_bad_values")
+            await self._forget(self.image_key(image_id))
+            return None
+        return value
+
+    async def put_image_bytes(self, image_id: str, data: bytes) -> bool:
+        try:
+            await self.store.put_many([(self.image_key(image_id), data)], self.settings.image_ttl_seconds)
+        except StoreUnavailable:
+            self.metrics.inc("cache_unavailable")
+            return False
+        return True
+
+    async def try_lease(self, image_id: str, owner: str, seconds: float) -> bool:
+        """Claim the right to encode ``image_id``; True also when the store is down (encode locally)."""
+        try:
+            return await self.store.put_if_absent(self.lease_key(image_id), owner.encode(), seconds)
+        except StoreUnavailable:
+            return True
+
+    async def release_lease(self, image_id: str) -> None:
+        await self._forget(self.lease_key(image_id))
+
+
+def chunk_count(num_bytes: int, chunk_bytes: int) -> int:
+    """Extra chunks a value of ``num_bytes`` needs (for tests and benchmarks)."""
+    return max(0, math.ceil(num_bytes / chunk_bytes) - 1)

@@ -1,0 +1,1 @@
+"""Checkpoint access shared by the vision and language workers: resolving, partial loading, fingerprints."""

@@ -1,0 +1,1 @@
+"""What every service shares: the gRPC server bootstrap, the error interceptor, config parsing."""

@@ -1,0 +1,94 @@
+"""One interceptor that turns domain errors into gRPC statuses for every method.
+
+Servicers hold no ``try/except``: a ``TandemError`` becomes its status code with its message,
+``asyncio.CancelledError`` propagates (the call is gone), and anything else is logged with its
+traceback and reaches the caller as INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from tandem.errors import GENERIC_INTERNAL_MESSAGE, TandemError
+
+log = logging.getLogger(__name__)
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and caller-facing message for an exception raised by a handler."""
+    if isinstance(exc, TandemError):
+        return exc.code, str(exc) or exc.code.name.lower()
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    return grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE
+
+
+async def _abort(context: aio.ServicerContext, method: str, exc: Exception) -> None:
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("unhandled error in %s", method)
+    else:
+        log.info("%s -> %s: %s", method, code.name, message)
+    await context.abort(code, message)
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except asyncio.CancelledError:
+            raise
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, method, exc)
+
+    return handler
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except asyncio.CancelledError:
+            raise
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, method, exc)
+
+    return handler
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Maps exceptions of unary-unary and unary-stream handlers to statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

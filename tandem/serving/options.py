@@ -1,0 +1,95 @@
+"""Frozen config dataclasses built once at the edge from CLI flags and environment variables.
+
+Each service declares one frozen dataclass whose fields carry ``opt(...)`` metadata (help text
+and environment variable). ``parse_config`` turns it into an argparse parser, so ``--help``
+explains every option, its default and its variable, and values are validated by the
+dataclass's ``__post_init__``. Nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def opt(help: str, *, env: str | None = None, choices: Sequence[str] | None = None) -> dict[str, Any]:
+    """Field metadata: the ``--help`` text, an optional environment variable and choices."""
+    return {"help": help, "env": env, "choices": choices}
+
+
+def _base_type(tp: Any) -> Any:
+    """``int | None`` -> ``int``; other types unchanged."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _convert(tp: Any, raw: str) -> Any:
+    base = _base_type(tp)
+    if base is bool:
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"expected a boolean, got {raw!r}")
+    if typing.get_origin(base) is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return base(raw)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(cls: type[Any], description: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """An argparse parser with one option per dataclass field."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        meta = field.metadata
+        if "help" not in meta:
+            continue
+        tp = hints[field.name]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        env_name = meta.get("env")
+        if env_name and env_name in env:
+            default = _convert(tp, env_name and env[env_name])
+        help_text = meta["help"] + f" (default: {default!r}"
+        help_text += f"; env {env_name})" if env_name else ")"
+        if _base_type(tp) is bool:
+            parser.add_argument(
+                _flag(field.name), default=default, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            parser.add_argument(
+                _flag(field.name),
+                default=default,
+                type=lambda raw, tp=tp: _convert(tp, raw),
+                choices=meta.get("choices"),
+                help=help_text,
+                metavar=field.name.upper(),
+            )
+    return parser
+
+
+def parse_config(
+    cls: type[T], argv: Sequence[str] | None, description: str, env: Mapping[str, str] | None = None
+) -> T:
+    """Build ``cls`` from ``argv`` (flags win over environment variables over defaults)."""
+    parser = build_parser(cls, description, os.environ if env is None else env)
+    namespace = parser.parse_args(argv)
+    try:
+        return cls(**vars(namespace))
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
