@@ -1,0 +1,44 @@
+"""``python -m llm_service``: run one language worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from transformers import AutoConfig
+
+from llm_service.adapters import UnsupportedModel, adapter_for
+from llm_service.config import LlmConfig
+from llm_service.server import LanguageApp
+from tandem.models.checkpoint import resolve
+from tandem.serving.bootstrap import configure_logging, run_until_signal
+from tandem.serving.options import parse_config
+
+log = logging.getLogger("llm_service")
+
+DESCRIPTION = """Tandem language worker: serves vlm.v1.LanguageService.
+
+Loads only the language half of a checkpoint (token embeddings, decoder, LM head) with its
+tokenizer and chat template, reads image embeddings written by the vision service from Redis
+(or inline), and streams generations with continuous batching. Health reports SERVING once the
+weights are loaded and warmed up. Text-only checkpoints (LlamaForCausalLM, Qwen2ForCausalLM)
+are served and refuse images. Flags override environment variables."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(LlmConfig, argv, DESCRIPTION)
+    configure_logging(config.log_level)
+    try:
+        adapter_for(AutoConfig.from_pretrained(resolve(config.model, config.revision)))
+    except (UnsupportedModel, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    app = LanguageApp(config)
+    asyncio.run(run_until_signal(app.server, app.warmup, app.shutdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

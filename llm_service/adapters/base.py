@@ -1,0 +1,114 @@
+"""What a model family teaches the language worker.
+
+An ``Adapter`` is built once from the checkpoint's config and is stateless afterwards (safe to
+call from any thread). Shared code asks it, never branches on the family:
+
+- ``weight_prefixes``: checkpoint tensor prefixes -> ``model.`` (the decoder) / ``lm_head.``, for
+  every layout the family has been saved in;
+- ``add_special_tokens``: whether tokenising the rendered prompt adds the tokenizer's special
+  tokens (the processor does for VLMs; a text-only tokenizer's chat template does not);
+- ``layout``: expand each image placeholder token to that image's ``num_tokens``;
+- ``check_image``: family rules on an image's token count and grid (once the grid is known);
+- ``positions``: position ids [position_dims, L] and the position of the first generated token;
+- ``dummy_image``: a valid image shape for warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from llm_service.conversation import ImageInput
+from tandem.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """An image's rows in the expanded prompt: ``[start, start + image.num_tokens)``."""
+
+    start: int
+    image: ImageInput
+    grid_thw: tuple[int, ...] = ()
+
+    @property
+    def end(self) -> int:
+        return self.start + self.image.num_tokens
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Prompt token ids with placeholders expanded, and where each image sits."""
+
+    token_ids: list[int]
+    spans: list[ImageSpan]
+
+    @property
+    def image_tokens(self) -> int:
+        return sum(span.image.num_tokens for span in self.spans)
+
+    def __repr__(self) -> str:
+        return f"PromptLayout(tokens={len(self.token_ids)}, images={len(self.spans)})"
+
+
+class Adapter:
+    """Base of the language-side family adapters (see the module docstring)."""
+
+    architectures: ClassVar[tuple[str, ...]] = ()
+    is_vlm: ClassVar[bool] = True
+    position_dims: ClassVar[int] = 1
+    weight_prefixes: ClassVar[dict[str, str]] = {"model.": "model.", "lm_head.": "lm_head."}
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def text_config(self) -> Any:
+        """The decoder's config (the whole config for text-only checkpoints)."""
+        return self.config.get_text_config()
+
+    @property
+    def image_token_id(self) -> int | None:
+        """The placeholder token id an image occupies; None for text-only models."""
+        return None
+
+    def add_special_tokens(self, prompt: str, bos_token: str | None) -> bool:
+        """Processor semantics: add special tokens unless the template already wrote the BOS."""
+        return not (bos_token and prompt.startswith(bos_token))
+
+    def layout(self, token_ids: Sequence[int], images: Sequence[ImageInput]) -> PromptLayout:
+        """Replace the i-th placeholder by ``images[i].num_tokens`` placeholders."""
+        placeholder = self.image_token_id
+        slots = [i for i, t in enumerate(token_ids) if t == placeholder] if placeholder is not None else []
+        if len(slots) != len(images):
+            raise InvalidInput(
+                f"the prompt has {len(slots)} image placeholders but the messages carry {len(images)} images"
+            )
+        out: list[int] = []
+        spans: list[ImageSpan] = []
+        previous = 0
+        for slot, image in zip(slots, images, strict=True):
+            if image.num_tokens < 1:
+                raise InvalidInput(
+                    f"image {image.image_id[:12]} has num_tokens {image.num_tokens}; expected >= 1"
+                )
+            out.extend(token_ids[previous:slot])
+            spans.append(ImageSpan(len(out), image, image.grid_thw))
+            out.extend([token_ids[slot]] * image.num_tokens)
+            previous = slot + 1
+        out.extend(token_ids[previous:])
+        return PromptLayout(out, spans)
+
+    def check_image(self, span: ImageSpan) -> None:
+        """Refuse an image whose token count or grid this family cannot place (InvalidInput)."""
+
+    def positions(self, layout: PromptLayout) -> tuple[torch.Tensor, int]:
+        """Sequential positions [1, L]; the first generated token sits at L."""
+        length = len(layout.token_ids)
+        return torch.arange(length, dtype=torch.long).unsqueeze(0), length
+
+    def dummy_image(self) -> ImageInput:
+        """An image of a size this family produces, for warm-up (features are made by the caller)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no images")

@@ -1,0 +1,33 @@
+"""LLaVA (LlavaForConditionalGeneration): a Llama-family decoder behind a CLIP tower + projector.
+
+The language half is ``text_config``'s decoder and LM head. ``<image>`` (``image_token_id``)
+expands to the image's feature rows; positions are sequential.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from llm_service.adapters.base import Adapter
+from llm_service.conversation import ImageInput
+
+DUMMY_IMAGE_ID = "0" * 64
+
+
+class LlavaAdapter(Adapter):
+    architectures = ("LlavaForConditionalGeneration",)
+    # transformers >= 4.52 layout first, then the original llava-hf layout.
+    weight_prefixes: ClassVar[dict[str, str]] = {
+        "model.language_model.": "model.",
+        "lm_head.": "lm_head.",
+        "language_model.model.": "model.",
+        "language_model.lm_head.": "lm_head.",
+    }
+
+    @property
+    def image_token_id(self) -> int:
+        token = getattr(self.config, "image_token_id", None)
+        return int(token if token is not None else self.config.image_token_index)
+
+    def dummy_image(self) -> ImageInput:
+        return ImageInput(DUMMY_IMAGE_ID, int(getattr(self.config, "image_seq_length", 576)))

@@ -1,0 +1,110 @@
+"""The edge: ``vlm.v1`` messages <-> the worker's typed values. Nothing below imports ``*_pb2``."""
+
+from __future__ import annotations
+
+import uuid
+
+from vlm.v1 import common_pb2, llm_pb2
+
+from llm_service.conversation import ChatMessage, GenerationRequest, ImageInput, Part, Role, TextPart
+from llm_service.engine import SamplingConfig, TokenEvent
+from llm_service.worker import ModelInfo
+from tandem.embeddings.cache import is_image_id
+from tandem.errors import InvalidInput
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+
+_ROLES: dict[int, Role] = {
+    common_pb2.ROLE_SYSTEM: "system",
+    common_pb2.ROLE_USER: "user",
+    common_pb2.ROLE_ASSISTANT: "assistant",
+}
+_FINISH = {
+    None: common_pb2.FINISH_REASON_UNSPECIFIED,
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "cancelled": common_pb2.FINISH_REASON_CANCELLED,
+}
+
+
+def sampling_from_pb(params: common_pb2.SamplingParams, default_max_new_tokens: int) -> SamplingConfig:
+    """Zeros mean defaults: max_new_tokens -> the server's, top_p and repetition_penalty -> 1."""
+    if len(params.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in params.stop):
+        raise InvalidInput(f"at most {MAX_STOP_STRINGS} stop strings of up to {MAX_STOP_LENGTH} characters")
+    try:
+        return SamplingConfig(
+            max_new_tokens=params.max_new_tokens or default_max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p or 1.0,
+            top_k=params.top_k,
+            repetition_penalty=params.repetition_penalty or 1.0,
+            seed=params.seed if params.HasField("seed") else None,
+            stop=tuple(params.stop),
+            stop_token_ids=tuple(params.stop_token_ids),
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"invalid sampling parameters: {str(exc).replace('self.', '')}") from None
+
+
+def _part_from_pb(part: common_pb2.ContentPart) -> Part:
+    kind = part.WhichOneof("kind")
+    if kind == "text":
+        return TextPart(part.text)
+    if kind == "image":
+        ref = part.image
+        if not is_image_id(ref.image_id):
+            raise InvalidInput("image_id must be the 64 hex digits the vision service returned")
+        return ImageInput(ref.image_id, ref.num_tokens, tuple(ref.grid_thw), ref.inline_record)
+    raise InvalidInput("a content part must be text or an image")
+
+
+def messages_from_pb(messages: list[common_pb2.Message]) -> tuple[ChatMessage, ...]:
+    if not messages:
+        raise InvalidInput("messages must not be empty")
+    out = []
+    for index, message in enumerate(messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise InvalidInput(f"message {index} has no role (system, user or assistant)")
+        out.append(ChatMessage(role, tuple(_part_from_pb(p) for p in message.parts)))
+    return tuple(out)
+
+
+def request_from_pb(request: llm_pb2.GenerateTokensRequest, default_max_new_tokens: int) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=request.request_id or uuid.uuid4().hex,
+        messages=messages_from_pb(list(request.messages)),
+        sampling=sampling_from_pb(request.sampling, default_max_new_tokens),
+        session_id=request.session_id or None,
+        clamp_to_context=request.sampling.max_new_tokens == 0,
+    )
+
+
+def event_to_pb(event: TokenEvent) -> llm_pb2.GenerateTokensResponse:
+    response = llm_pb2.GenerateTokensResponse(
+        text=event.text, token_ids=event.token_ids, finish_reason=_FINISH[event.finish_reason]
+    )
+    if event.usage is not None:
+        usage = event.usage
+        response.usage.CopyFrom(
+            common_pb2.Usage(
+                prompt_tokens=usage.prompt_tokens,
+                image_tokens=usage.image_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+            )
+        )
+    return response
+
+
+def info_to_pb(info: ModelInfo) -> llm_pb2.GetLanguageInfoResponse:
+    return llm_pb2.GetLanguageInfoResponse(
+        info=common_pb2.ModelInfo(
+            model=info.model,
+            architecture=info.architecture,
+            is_vlm=info.is_vlm,
+            fingerprint=info.fingerprint,
+            context_length=info.context_length,
+        )
+    )

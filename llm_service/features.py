@@ -1,0 +1,46 @@
+"""Image features for a prompt: the inline record if the caller sent one, else the shared cache.
+
+Every record is validated against this model's fingerprint and hidden size and the image's id
+and token count. A missing (or invalid, hence deleted) cache entry is NOT_FOUND with a message
+the gateway acts on: it re-encodes the image through the vision service and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from llm_service.conversation import ImageInput
+from tandem.embeddings import record
+from tandem.embeddings.cache import Embedding, EmbeddingCache, decode_inline
+from tandem.errors import InvalidInput, NotFound
+
+
+class FeatureSource:
+    """Fetches and validates the embeddings of a request's images (concurrently)."""
+
+    def __init__(self, fingerprint: str, hidden_size: int, cache: EmbeddingCache | None):
+        self.fingerprint = fingerprint
+        self.hidden_size = hidden_size
+        self.cache = cache
+
+    async def fetch(self, images: Sequence[ImageInput]) -> list[Embedding]:
+        """One validated embedding per image, in order."""
+        return list(await asyncio.gather(*(self._one(image) for image in images)))
+
+    async def _one(self, image: ImageInput) -> Embedding:
+        expected = record.Expected(self.fingerprint, self.hidden_size, image.image_id, image.num_tokens)
+        if image.inline_record:
+            try:
+                return decode_inline(image.inline_record, expected)
+            except record.BadRecord as exc:
+                raise InvalidInput(
+                    f"inline embedding for image {image.image_id[:12]} is invalid: {exc}"
+                ) from None
+        found = await self.cache.get(image.image_id, image.num_tokens) if self.cache is not None else None
+        if found is None:
+            name = image.image_id[:12]
+            raise NotFound(
+                f"embedding for image {name} is not cached; re-encode it through the vision service"
+            )
+        return found

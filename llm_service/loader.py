@@ -1,0 +1,181 @@
+"""Load the language half of a checkpoint: decoder, LM head, tokenizer and chat template.
+
+The decoder is built from the text sub-config with its parameters on the meta device (buffers
+such as RoPE frequencies are computed for real), then filled by ``load_subset`` with only the
+tensors under the adapter's prefixes, so the vision tower and projector are never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationConfig
+
+from llm_service.adapters import Adapter, adapter_for
+from llm_service.config import LlmConfig
+from llm_service.model import CausalLM, HFLanguageModel
+from tandem.models.checkpoint import load_subset, resolve
+from tandem.models.fingerprint import fingerprint
+
+log = logging.getLogger(__name__)
+
+_META_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Everything the worker needs from the checkpoint."""
+
+    path: Path
+    model: HFLanguageModel
+    adapter: Adapter
+    tokenizer: Any
+    chat_template: str
+    eos_token_ids: tuple[int, ...]
+    max_positions: int
+    fingerprint: str
+
+    @property
+    def architecture(self) -> str:
+        return str(self.adapter.config.architectures[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
+    """``auto``: the checkpoint's dtype (float32 if unset; float16 runs as float32 on CPU)."""
+    if name != "auto":
+        return getattr(torch, name)  # type: ignore[no-any-return]
+    declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    dtype = getattr(torch, declared) if isinstance(declared, str) else declared
+    if device.type == "cpu" and dtype == torch.float16:
+        return torch.float32
+    return dtype  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no memory, no init cost).
+
+    Buffers (e.g. RoPE ``inv_freq``) are created for real. Serialised by a lock because it
+    patches ``nn.Module.register_parameter`` while active.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    with _META_LOCK:
+        nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def _ties_embeddings(config: Any, text_config: Any) -> bool:
+    return bool(
+        getattr(config, "tie_word_embeddings", False) or getattr(text_config, "tie_word_embeddings", False)
+    )
+
+
+def build_language_model(
+    path: Path, adapter: Adapter, device: torch.device, dtype: torch.dtype
+) -> HFLanguageModel:
+    """The decoder and LM head of ``path``, filled with only their own tensors."""
+    text_config = adapter.text_config
+    tied = _ties_embeddings(adapter.config, text_config)
+    with parameters_on_meta():
+        decoder = AutoModel.from_config(text_config, dtype=dtype)
+        module = CausalLM(decoder, int(text_config.hidden_size), int(text_config.vocab_size), tied)
+    prefixes = adapter.weight_prefixes
+    if tied:
+        prefixes = {k: v for k, v in prefixes.items() if v != "lm_head."}
+    load_subset(path, module, prefixes, dtype)
+    if tied:
+        module.lm_head.weight = module.embeddings.weight
+    left = [name for name, p in module.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise ValueError(f"checkpoint {path} left {len(left)} parameters unloaded, e.g. {left[:3]}")
+    module = module.to(device).eval().requires_grad_(False)
+    return HFLanguageModel(module, text_config, adapter.position_dims)
+
+
+def chat_template_of(path: Path, tokenizer: Any) -> str:
+    """The template the checkpoint's processor would use (its files first), else the tokenizer's."""
+    jinja = path / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    for name in ("chat_template.json", "processor_config.json"):
+        file = path / name
+        if file.exists():
+            template = json.loads(file.read_text()).get("chat_template")
+            if template:
+                return str(template)
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        raise ValueError(f"{path} has no chat template (chat_template.jinja or the tokenizer's)")
+    return str(template)
+
+
+def eos_token_ids(path: Path, text_config: Any, tokenizer: Any) -> tuple[int, ...]:
+    """End-of-sequence ids as ``generate`` uses them: generation config, then model config, then tokenizer."""
+    eos: Any = None
+    if (path / "generation_config.json").exists():
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    if eos is None:
+        eos = getattr(text_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return tuple(int(i) for i in ids)
+
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def load(config: LlmConfig) -> LoadedModel:
+    """Resolve, fingerprint and load the language half of ``config.model``."""
+    path = resolve(config.model, config.revision)
+    hf_config = AutoConfig.from_pretrained(path)
+    adapter = adapter_for(hf_config)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, hf_config, device)
+    before = rss_mib()
+    model = build_language_model(path, adapter, device, dtype)
+    millions, grown = model.parameter_count() / 1e6, rss_mib() - before
+    log.info(
+        "loaded the language half of %s (%s): %.1fM parameters, %s on %s, RSS +%.0f MiB",
+        config.model, hf_config.architectures[0], millions, dtype, device, grown,
+    )  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text_config = adapter.text_config
+    return LoadedModel(
+        path=path,
+        model=model,
+        adapter=adapter,
+        tokenizer=tokenizer,
+        chat_template=chat_template_of(path, tokenizer),
+        eos_token_ids=eos_token_ids(path, text_config, tokenizer),
+        max_positions=int(getattr(text_config, "max_position_embeddings", 0) or 0),
+        fingerprint=fingerprint(path, config.model, config.revision),
+    )

@@ -1,0 +1,84 @@
+"""The language half of a checkpoint as the engine drives it (``LanguageModel``).
+
+``CausalLM`` is the decoder (``model.``: embeddings, layers, final norm) and the LM head
+(``lm_head.``), the layout every adapter maps its checkpoint tensors onto. ``HFLanguageModel``
+wraps it with the engine's calls; the engine thread runs ``forward``, the event loop's helper
+threads run ``embed`` (a read-only table lookup).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+
+class CausalLM(nn.Module):
+    """A transformers decoder (``AutoModel`` of the text config) plus a linear LM head."""
+
+    def __init__(self, decoder: nn.Module, hidden_size: int, vocab_size: int, tied: bool = False):
+        super().__init__()
+        self.model = decoder
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+        # Read by ``load_subset``: a tied head is not expected in the checkpoint.
+        self._tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"} if tied else {}
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        """The decoder's input embedding table."""
+        table = self.model.get_input_embeddings()  # type: ignore[operator]
+        if not isinstance(table, nn.Embedding):
+            raise TypeError(f"unexpected input embeddings {type(table).__name__}")
+        return table
+
+
+class HFLanguageModel:
+    """``llm_service.engine.types.LanguageModel`` over a loaded ``CausalLM``.
+
+    ``forward`` returns float32 logits of the last position (as ``generate`` samples from) and
+    the cache it was given (a new one when given None); the cache is updated in place.
+    """
+
+    def __init__(self, module: CausalLM, text_config: Any, position_dims: int):
+        self.module = module
+        self.text_config = text_config
+        self.position_dims = position_dims
+        weight = module.lm_head.weight
+        self.dtype: torch.dtype = weight.dtype
+        self.device: torch.device = weight.device
+        self.hidden_size = int(text_config.hidden_size)
+        self.vocab_size = int(weight.shape[0])
+        parameters = inspect.signature(module.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+
+    @torch.no_grad()
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.module.embeddings(token_ids.to(self.device))
+
+    @torch.no_grad()
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values: Any | None,
+    ) -> tuple[torch.Tensor, Any]:
+        cache = past_key_values if past_key_values is not None else self.new_cache()
+        out = self.module.model(
+            inputs_embeds=inputs_embeds.to(self.device, self.dtype),
+            position_ids=position_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            use_cache=True,
+            **{self._cache_kwarg: cache},
+        )
+        logits = self.module.lm_head(out.last_hidden_state[:, -1, :])
+        return logits.float(), cache
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.text_config)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())

@@ -1,0 +1,118 @@
+"""One language worker process: the gRPC server, the model, the engine and their lifecycle.
+
+``LanguageApp`` starts the server first (health NOT_SERVING; calls get UNAVAILABLE), loads the
+language half in a helper thread, starts and warms the engine, and only then reports SERVING.
+``stop`` drains the server (NOT_SERVING, running streams get the grace period), then stops the
+engine and closes Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from grpc import aio
+from vlm.v1 import llm_pb2, llm_pb2_grpc
+
+from llm_service.config import LlmConfig
+from llm_service.engine import Engine, EngineConfig
+from llm_service.features import FeatureSource
+from llm_service.loader import LoadedModel, load
+from llm_service.prompt import PromptBuilder
+from llm_service.servicer import LanguageServicer
+from llm_service.worker import LanguageWorker, ModelInfo
+from tandem.embeddings.cache import CacheSettings, EmbeddingCache
+from tandem.embeddings.kv import KeyValueStore, RedisStore, connect_redis
+from tandem.errors import Unavailable
+from tandem.metrics import Metrics
+from tandem.serving.bootstrap import GrpcServer, ServerOptions
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LanguageService"].full_name
+
+
+def context_length(config: LlmConfig, loaded: LoadedModel) -> int:
+    length = config.context_length or loaded.max_positions
+    if length < 2:
+        raise ValueError("the model config has no max_position_embeddings: set --context-length")
+    return length
+
+
+def build_worker(
+    config: LlmConfig, loaded: LoadedModel, store: KeyValueStore | None, metrics: Metrics
+) -> LanguageWorker:
+    """Wire a loaded model into a worker (the engine is created, not started)."""
+    model, adapter = loaded.model, loaded.adapter
+    info = ModelInfo(
+        config.model, loaded.architecture, adapter.is_vlm, loaded.fingerprint, context_length(config, loaded)
+    )
+    engine_config = EngineConfig(
+        context_length=info.context_length,
+        max_batch_size=config.max_batch_size,
+        max_queue=config.max_queue,
+        session_cache_entries=config.session_cache_entries,
+    )
+    engine = Engine(model, loaded.tokenizer, engine_config, loaded.eos_token_ids, metrics)
+    cache = None
+    if store is not None:
+        settings = CacheSettings(prefix=config.cache_prefix)
+        cache = EmbeddingCache(store, loaded.fingerprint, model.hidden_size, settings, metrics)
+    features = FeatureSource(loaded.fingerprint, model.hidden_size, cache)
+    prompts = PromptBuilder(loaded.tokenizer, loaded.chat_template, adapter.add_special_tokens)
+    return LanguageWorker(model, adapter, prompts, features, engine, info)
+
+
+class LanguageApp:
+    """The process: see the module docstring for the lifecycle."""
+
+    def __init__(self, config: LlmConfig, metrics: Metrics | None = None):
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.worker: LanguageWorker | None = None
+        self._store: RedisStore | None = None
+        servicer = LanguageServicer(self.current, config.max_new_tokens_default)
+
+        def register(server: aio.Server) -> None:
+            llm_pb2_grpc.add_LanguageServiceServicer_to_server(servicer, server)
+
+        self.server = GrpcServer(ServerOptions.from_config(config), [register], [SERVICE_NAME])
+
+    def current(self) -> LanguageWorker:
+        if self.worker is None:
+            raise Unavailable("the language model is still loading; retry shortly")
+        return self.worker
+
+    async def warmup(self) -> None:
+        """Load the weights, start and warm the engine; afterwards ``current()`` serves."""
+        loaded = await asyncio.to_thread(load, self.config)
+        if self.config.redis_url:
+            self._store = RedisStore(connect_redis(self.config.redis_url, self.config.redis_timeout_seconds))
+        worker = build_worker(self.config, loaded, self._store, self.metrics)
+        worker.engine.start()
+        await worker.warmup()
+        self.worker = worker
+        log.info(
+            "ready: %s (%s), context %d",
+            self.config.model,
+            worker.info.architecture,
+            worker.info.context_length,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the engine (waiting requests get UNAVAILABLE) and close Redis."""
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.engine.stop)
+        if self._store is not None:
+            await self._store.close()
+
+    async def start(self) -> int:
+        """Start, load, warm up and report SERVING (in-process use and tests); returns the port."""
+        port = await self.server.start()
+        await self.warmup()
+        await self.server.set_serving()
+        return port
+
+    async def stop(self) -> None:
+        await self.server.drain()
+        await self.shutdown()

@@ -1,0 +1,203 @@
+"""The language worker: conversation in, engine request built, token events out.
+
+``LanguageWorker.generate`` is the one domain call of GenerateTokens:
+
+1. render and tokenise the conversation (``PromptBuilder``; injection-safe) and let the adapter
+   expand each image placeholder to the image's token count -- refused before any cache read
+   when placeholders and images disagree;
+2. fetch and validate the image embeddings (``FeatureSource``: inline or Redis; NOT_FOUND if
+   missing), take each image's grid from its record;
+3. let the adapter check the images and compute positions; embed the tokens and put the image
+   features in the placeholder rows;
+4. stream the engine's events, within the caller's deadline; leaving early (cancel, deadline,
+   disconnect) cancels the engine request.
+
+CPU work of steps 1 and 3 runs in a helper thread, so the event loop only does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+
+from llm_service.adapters import Adapter, ImageSpan, PromptLayout
+from llm_service.conversation import ChatMessage, GenerationRequest, ImageInput, Part, TextPart, all_images
+from llm_service.engine import Engine, EngineRequest, SamplingConfig, TokenEvent
+from llm_service.features import FeatureSource
+from llm_service.model import HFLanguageModel
+from llm_service.prompt import PromptBuilder
+from tandem.embeddings import record
+from tandem.embeddings.cache import Embedding
+from tandem.errors import DeadlineExceeded, InvalidInput
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEY_BITS = 96  # of the sha256 image id: collisions stay out of reach of a chosen-image search
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What GetLanguageInfo reports."""
+
+    model: str
+    architecture: str
+    is_vlm: bool
+    fingerprint: str
+    context_length: int
+
+
+def image_key(image_id: str, offset: int) -> int:
+    """The prompt key of an image row: negative, from (image_id, offset), never a token id.
+
+    Session KV reuse compares these; rows of the same image at the same offset match.
+    """
+    return -1 - ((int(image_id[: IMAGE_KEY_BITS // 4], 16) << 16) | offset)
+
+
+def prompt_keys(layout: PromptLayout) -> list[int]:
+    keys = list(layout.token_ids)
+    for span in layout.spans:
+        keys[span.start : span.end] = [
+            image_key(span.image.image_id, i) for i in range(span.image.num_tokens)
+        ]
+    return keys
+
+
+class LanguageWorker:
+    """Builds engine requests from conversations and streams their tokens (see the module doc)."""
+
+    def __init__(
+        self,
+        model: HFLanguageModel,
+        adapter: Adapter,
+        prompts: PromptBuilder,
+        features: FeatureSource,
+        engine: Engine,
+        info: ModelInfo,
+    ):
+        self.model = model
+        self.adapter = adapter
+        self.prompts = prompts
+        self.features = features
+        self.engine = engine
+        self.info = info
+
+    async def generate(
+        self, request: GenerationRequest, timeout: float | None = None
+    ) -> AsyncIterator[TokenEvent]:
+        """Stream the answer to ``request``; ``timeout`` seconds bound the whole call."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                engine_request = await self.prepare(request)
+            stream = cast(AsyncGenerator[TokenEvent, None], self.engine.generate(engine_request))
+            async with contextlib.aclosing(stream):
+                while True:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(stream, None)
+                    if event is None:
+                        return
+                    yield event
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed before generation finished") from None
+
+    async def warmup(self) -> None:
+        """Warm the engine, then run one tiny request through the whole path (an image for VLMs)."""
+        await asyncio.to_thread(self.engine.warmup)
+        parts: list[Part] = [TextPart("Hello")]
+        if self.adapter.is_vlm:
+            parts.insert(0, self._dummy_image())
+        request = GenerationRequest(
+            "warmup", (ChatMessage("user", tuple(parts)),), SamplingConfig(max_new_tokens=2)
+        )
+        async for _ in self.generate(request):
+            pass
+
+    def _dummy_image(self) -> ImageInput:
+        image = self.adapter.dummy_image()
+        features = torch.zeros(image.num_tokens, self.model.hidden_size, dtype=self.model.dtype)
+        header, raw = record.make_header(
+            fingerprint=self.features.fingerprint,
+            image_id=image.image_id,
+            tensor=features,
+            grid_thw=list(image.grid_thw),
+        )
+        return dataclasses.replace(image, inline_record=record.encode(header, raw))
+
+    async def prepare(self, request: GenerationRequest) -> EngineRequest:
+        """The engine request of a conversation (prompt, embeddings, positions, sampling)."""
+        images = all_images(request.messages)
+        image_tokens = sum(image.num_tokens for image in images)
+        if image_tokens >= self.info.context_length:
+            raise InvalidInput(
+                f"the images take {image_tokens} tokens; the context length is {self.info.context_length}"
+            )
+        layout = await asyncio.to_thread(self._layout, request, images)
+        embeddings = await self.features.fetch(images)
+        spans = [
+            _with_grid(span, embedding) for span, embedding in zip(layout.spans, embeddings, strict=True)
+        ]
+        layout = dataclasses.replace(layout, spans=spans)
+        for span in spans:
+            self.adapter.check_image(span)
+        sampling = self._fit_sampling(request, len(layout.token_ids))
+        log.debug(
+            "request %s: %d prompt tokens (%d from %d images), max_new_tokens %d",
+            request.request_id, len(layout.token_ids), image_tokens, len(images), sampling.max_new_tokens,
+        )  # fmt: skip
+        return await asyncio.to_thread(self._assemble, request, layout, embeddings, sampling)
+
+    def _layout(self, request: GenerationRequest, images: Sequence[ImageInput]) -> PromptLayout:
+        return self.adapter.layout(self.prompts.build(request.messages), images)
+
+    def _fit_sampling(self, request: GenerationRequest, prompt_tokens: int) -> SamplingConfig:
+        room = self.info.context_length - prompt_tokens
+        if room < 1:
+            raise InvalidInput(
+                f"the prompt has {prompt_tokens} tokens; the context length is {self.info.context_length}"
+            )
+        sampling = request.sampling
+        if request.clamp_to_context and sampling.max_new_tokens > room:
+            sampling = dataclasses.replace(sampling, max_new_tokens=room)
+        return sampling
+
+    def _assemble(
+        self,
+        request: GenerationRequest,
+        layout: PromptLayout,
+        embeddings: Sequence[Embedding],
+        sampling: SamplingConfig,
+    ) -> EngineRequest:
+        embeds = self.model.embed(torch.tensor(layout.token_ids, dtype=torch.long))
+        for span, embedding in zip(layout.spans, embeddings, strict=True):
+            embeds[span.start : span.end] = embedding.features.to(embeds.device, embeds.dtype)
+        positions, next_position = self.adapter.positions(layout)
+        return EngineRequest(
+            request_id=request.request_id,
+            prompt_keys=prompt_keys(layout),
+            prompt_token_ids=layout.token_ids,
+            inputs_embeds=embeds,
+            position_ids=positions,
+            next_position=next_position,
+            sampling=sampling,
+            image_tokens=layout.image_tokens,
+            session_id=request.session_id,
+        )
+
+
+def _with_grid(span: ImageSpan, embedding: Embedding) -> ImageSpan:
+    """The span with the grid of its record (the reference's grid, if any, must agree)."""
+    stored = tuple(embedding.grid_thw)
+    if span.grid_thw and stored and tuple(span.grid_thw) != stored:
+        raise InvalidInput(
+            f"image {span.image.image_id[:12]}: grid {list(span.grid_thw)} disagrees with its embedding"
+        )
+    return dataclasses.replace(span, grid_thw=stored or tuple(span.grid_thw))
