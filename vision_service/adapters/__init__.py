@@ -1,0 +1,55 @@
+"""Explicit registry of vision adapters, keyed by the checkpoint's HF ``architectures[0]``.
+
+Adding a family = one file with a ``VisionAdapter`` subclass and one line in ``ADAPTERS``.
+Nothing is discovered implicitly; an unknown architecture fails with the supported list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tandem.models.checkpoint import read_config
+from vision_service.adapters.base import Pixels, VisionAdapter
+from vision_service.adapters.llava import LlavaAdapter
+from vision_service.adapters.qwen2_vl import Qwen2VLAdapter
+
+ADAPTERS: dict[str, type[VisionAdapter]] = {
+    LlavaAdapter.architecture: LlavaAdapter,
+    Qwen2VLAdapter.architecture: Qwen2VLAdapter,
+}
+
+__all__ = [
+    "ADAPTERS",
+    "Pixels",
+    "UnsupportedModel",
+    "VisionAdapter",
+    "adapter_for",
+    "architecture_of",
+    "load_adapter",
+]
+
+
+class UnsupportedModel(ValueError):
+    """The checkpoint's architecture has no vision adapter."""
+
+
+def architecture_of(path: Path) -> str:
+    """``architectures[0]`` of the checkpoint's config.json ('' when absent)."""
+    architectures = read_config(path).get("architectures") or [""]
+    return str(architectures[0]) if isinstance(architectures, list) else ""
+
+
+def adapter_for(architecture: str) -> type[VisionAdapter]:
+    """The adapter class of ``architecture``; ``UnsupportedModel`` lists the supported ones."""
+    try:
+        return ADAPTERS[architecture]
+    except KeyError:
+        supported = ", ".join(sorted(ADAPTERS))
+        raise UnsupportedModel(
+            f"architecture {architecture or '(none)'!r} has no vision adapter; supported: {supported}"
+        ) from None
+
+
+def load_adapter(path: Path, device: str = "cpu", dtype: str = "float32") -> VisionAdapter:
+    """Pick the adapter for the checkpoint at ``path`` and load its vision half."""
+    return adapter_for(architecture_of(path)).load(path, device, dtype)

@@ -1,0 +1,125 @@
+"""The interface every vision model family implements, and how its half of the weights is built.
+
+An adapter owns the checkpoint's own Hugging Face image processor and a module holding only the
+vision tower and projector (never the language model). The service calls it from two places:
+
+- ``preprocess`` from the preprocessing thread pool (one image -> ``Pixels``; thread-safe),
+- ``encode`` from the single encoder thread (several ``Pixels`` -> one batched forward).
+
+``encode`` returns, per image, exactly the ``[num_tokens, text hidden_size]`` features that replace
+the image placeholder tokens in the language model's ``inputs_embeds`` (what HF's
+``get_image_features`` returns for that image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
+
+from tandem.models.checkpoint import load_subset
+
+_EMPTY_LOCK = threading.Lock()
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Preprocessed model input of one image (``values`` as the image processor returned it)."""
+
+    values: torch.Tensor
+    grid_thw: tuple[int, int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"Pixels(shape={tuple(self.values.shape)}, grid_thw={self.grid_thw})"
+
+
+class VisionAdapter(ABC):
+    """One model family's preprocessing and vision forward (see the module docstring)."""
+
+    architecture: ClassVar[str]
+
+    def __init__(self, path: Path, config: PretrainedConfig, device: str, dtype: torch.dtype):
+        self.path = path
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.processor = AutoImageProcessor.from_pretrained(path)
+        self.module = self.build_module().to(self.device).eval().requires_grad_(False)
+
+    @classmethod
+    def load(cls, path: Path, device: str = "cpu", dtype: str = "float32") -> VisionAdapter:
+        """Read the config and processor, build the vision half and fill it from ``path``."""
+        return cls(path, AutoConfig.from_pretrained(path), device, DTYPES[dtype])
+
+    @abstractmethod
+    def build_module(self) -> torch.nn.Module:
+        """The vision tower + projector, built from the config and filled by ``load_subset``."""
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> Pixels:
+        """One RGB image through the checkpoint's image processor."""
+
+    @abstractmethod
+    def encode(self, batch: list[Pixels]) -> list[torch.Tensor]:
+        """One batched forward; ``[num_tokens, hidden_size]`` CPU features per image, in order."""
+
+    @property
+    def hidden_size(self) -> int:
+        """Hidden size of the language model the features are projected to."""
+        return int(self.config.get_text_config().hidden_size)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.config.get_text_config(), "max_position_embeddings", 0) or 0)
+
+    def dummy_image(self) -> Image.Image:
+        """A plain image that exercises preprocessing and the forward (warm-up, profiling, tests)."""
+        return Image.new("RGB", (224, 224), (127, 127, 127))
+
+    def fill(self, module: torch.nn.Module, prefixes: Mapping[str, str]) -> torch.nn.Module:
+        """Load ``module``'s tensors from the checkpoint (``prefixes``: checkpoint -> module)."""
+        load_subset(self.path, module, prefixes, self.dtype)
+        return module
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Create parameters on the meta device (no memory, no init), keeping buffers real.
+
+    Buffers that are not saved in checkpoints (position ids, rotary frequencies) are computed by
+    the modules' constructors and must stay real; parameters are filled by ``load_subset``. The
+    patch is process-wide while active, so it is used at start-up only (under a lock).
+    """
+    original: Callable[..., None] = torch.nn.Module.register_parameter
+
+    def register(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    with _EMPTY_LOCK:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def build_empty(factory: Callable[[], Any]) -> Any:
+    """``factory()`` with its parameters on the meta device (see ``parameters_on_meta``)."""
+    with parameters_on_meta():
+        return factory()

@@ -1,0 +1,255 @@
+"""The vision service: image bytes -> cached embeddings.
+
+Per Encode call:
+
+1. Resolve each source on the event loop: bytes are size- and magic-checked (``media.sniff``)
+   and hashed (``image_id`` = sha256, computed here, never taken from the client); an
+   ``image_id`` is resolved from the stored original bytes (unknown -> NOT_FOUND).
+2. Join the single flight: image ids already in flight in this process are awaited; the new
+   ones go to one leader task (``_lead``) for the whole call.
+3. The leader reads the cache (a hit skips decoding entirely), claims the cross-replica lease
+   for each miss (or waits for the replica that holds it), decodes and preprocesses its images
+   in the thread pool, encodes them in one batched forward on the encoder thread, and stores
+   embedding and image bytes. What Redis did not take is returned inline.
+
+Lifecycle: ``await VisionService.start(config)`` loads weights and warms up; ``close()`` stops
+the encoder thread, the pool and the Redis client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from tandem.embeddings import record
+from tandem.embeddings.cache import CacheSettings, Embedding, EmbeddingCache, image_id_of, is_image_id
+from tandem.embeddings.kv import RedisStore, connect_redis
+from tandem.errors import InvalidInput, NotFound
+from tandem.metrics import Metrics
+from tandem.models.checkpoint import resolve
+from tandem.models.fingerprint import fingerprint
+from vision_service import media
+from vision_service.adapters import Pixels, VisionAdapter, load_adapter
+from vision_service.config import VisionConfig
+from vision_service.domain import EncodedImage, ImageSource, VisionInfo
+from vision_service.encoder import EncoderWorker
+from vision_service.singleflight import ReplicaLease, SingleFlight
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+HASH_INLINE_BYTES = 1 << 20  # larger payloads are hashed off the event loop
+
+
+@dataclass(frozen=True)
+class _Image:
+    image_id: str
+    data: bytes
+    fmt: str
+    from_store: bool
+
+    def __repr__(self) -> str:
+        return f"_Image({self.image_id[:12]}, {self.fmt}, {len(self.data)}B)"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    embedding: Embedding
+    stored: bool
+    cache_hit: bool
+
+
+class VisionService:
+    """Encodes images with one adapter, a shared Redis cache (optional) and single flight."""
+
+    def __init__(
+        self,
+        config: VisionConfig,
+        adapter: VisionAdapter,
+        model_fingerprint: str,
+        cache: EmbeddingCache | None,
+        metrics: Metrics,
+    ):
+        self.config = config
+        self.adapter = adapter
+        self.fingerprint = model_fingerprint
+        self.cache = cache
+        self.metrics = metrics
+        self.limits = media.MediaLimits(
+            config.max_image_bytes, config.max_image_pixels, config.max_aspect_ratio
+        )
+        self.encoder = EncoderWorker(adapter, config.max_batch, metrics)
+        self.pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vision-preprocess")
+        self.flights: SingleFlight[_Outcome] = SingleFlight()
+        self.lease = ReplicaLease(cache, config.lease_seconds, config.lease_wait_seconds) if cache else None
+        self.encoder.start()
+
+    @classmethod
+    async def start(cls, config: VisionConfig, metrics: Metrics | None = None) -> VisionService:
+        """Load the vision half of ``config.model``, connect the cache and warm up."""
+        metrics = metrics or Metrics(prefix="tandem_vision")
+        path = await asyncio.to_thread(resolve, config.model, config.revision)
+        adapter = await asyncio.to_thread(load_adapter, path, config.device, config.dtype)
+        model_fingerprint = await asyncio.to_thread(fingerprint, path, config.model, config.revision)
+        cache = None
+        if config.redis_url:
+            store = RedisStore(connect_redis(config.redis_url, config.redis_timeout_seconds))
+            settings = CacheSettings(
+                config.cache_prefix, config.embedding_ttl_seconds, config.image_ttl_seconds
+            )
+            cache = EmbeddingCache(store, model_fingerprint, adapter.hidden_size, settings, metrics)
+        service = cls(config, adapter, model_fingerprint, cache, metrics)
+        await service.warmup()
+        log.info("loaded %s (%s), fingerprint %s", config.model, adapter.architecture, model_fingerprint)
+        return service
+
+    def info(self) -> VisionInfo:
+        return VisionInfo(
+            model=self.config.model,
+            architecture=self.adapter.architecture,
+            fingerprint=self.fingerprint,
+            context_length=self.adapter.context_length,
+            hidden_size=self.adapter.hidden_size,
+        )
+
+    async def warmup(self) -> None:
+        """Preprocess the adapter's dummy image and run a batched forward (not counted in metrics)."""
+        pixels = await self._in_pool(self.adapter.preprocess, self.adapter.dummy_image())
+        await asyncio.to_thread(self.adapter.encode, [pixels] * min(2, self.config.max_batch))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.encoder.close)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.cache is not None:
+            await self.cache.store.close()
+
+    async def encode(self, sources: Sequence[ImageSource], force_inline: bool = False) -> list[EncodedImage]:
+        """Embeddings of ``sources`` in order (references, or inline when not stored)."""
+        if not sources:
+            raise InvalidInput("no images to encode; send at least one")
+        if len(sources) > self.config.max_images_per_request:
+            raise InvalidInput(
+                f"{len(sources)} images; at most {self.config.max_images_per_request} per call"
+            )
+        try:
+            images = await asyncio.gather(*(self._resolve(s) for s in sources))
+            by_id = {image.image_id: image for image in images}
+            futures = self.flights.join(list(by_id), lambda ids: self._lead([by_id[i] for i in ids]))
+            outcomes = await asyncio.gather(*map(asyncio.shield, futures))
+        except InvalidInput:
+            self.metrics.inc("requests_rejected")
+            raise
+        outcome_of = dict(zip(by_id, outcomes, strict=True))
+        return [self._result(outcome_of[image.image_id], force_inline) for image in images]
+
+    async def _resolve(self, source: ImageSource) -> _Image:
+        if source.data is not None:
+            fmt = media.sniff(source.data, source.media_type, self.limits)
+            data = source.data
+            small = len(data) <= HASH_INLINE_BYTES
+            image_id = image_id_of(data) if small else await asyncio.to_thread(image_id_of, data)
+            return _Image(image_id, data, fmt, from_store=False)
+        if source.image_id is None:
+            raise InvalidInput("each image needs its bytes (data) or an image_id from an earlier call")
+        image_id = source.image_id
+        if not is_image_id(image_id):
+            raise InvalidInput("image_id must be 64 lowercase hex digits, as returned by an earlier call")
+        stored = await self.cache.get_image_bytes(image_id) if self.cache is not None else None
+        if stored is None:
+            raise NotFound(f"unknown image_id {image_id[:12]}...; send the image bytes again")
+        return _Image(image_id, stored, media.sniff(stored, source.media_type, self.limits), from_store=True)
+
+    def _result(self, outcome: _Outcome, force_inline: bool) -> EncodedImage:
+        header = outcome.embedding.header
+        inline = outcome.embedding.to_record() if force_inline or not outcome.stored else b""
+        return EncodedImage(
+            header.image_id, header.num_tokens, tuple(header.grid_thw), inline, outcome.cache_hit
+        )
+
+    async def _lead(self, images: list[_Image]) -> dict[str, _Outcome | Exception]:
+        """Results for images no one in this process is computing yet."""
+        results: dict[str, _Outcome | Exception] = {}
+        if self.cache is None or self.lease is None:
+            results.update(await self._compute(images, leased=set()))
+            return results
+        cached = await asyncio.gather(*(self.cache.get(image.image_id) for image in images))
+        misses = [image for image, hit in zip(images, cached, strict=True) if hit is None]
+        results.update({e.header.image_id: _Outcome(e, True, True) for e in cached if e is not None})
+        claims = await asyncio.gather(*(self.lease.claim(image.image_id) for image in misses))
+        mine = [image for image, claimed in zip(misses, claims, strict=True) if claimed]
+        theirs = [image for image, claimed in zip(misses, claims, strict=True) if not claimed]
+        computed, *waited = await asyncio.gather(
+            self._compute(mine, leased={i.image_id for i in mine}),
+            *(self._await_replica(self.lease, i) for i in theirs),
+        )
+        results.update(computed)
+        for part in waited:
+            results.update(part)
+        return results
+
+    async def _await_replica(self, lease: ReplicaLease, image: _Image) -> dict[str, _Outcome | Exception]:
+        """Another replica holds the lease: take its result, or encode here if it never comes."""
+        embedding, claimed = await lease.wait(image.image_id)
+        if embedding is not None:
+            return {image.image_id: _Outcome(embedding, True, True)}
+        return await self._compute([image], leased={image.image_id} if claimed else set())
+
+    async def _compute(self, images: list[_Image], leased: set[str]) -> dict[str, _Outcome | Exception]:
+        """Decode, preprocess, encode in one forward, and store; per-image errors are returned."""
+        if not images:
+            return {}
+        try:
+            prepared = await asyncio.gather(
+                *(self._in_pool(self._prepare, i) for i in images), return_exceptions=True
+            )
+            results: dict[str, _Outcome | Exception] = {
+                i.image_id: p for i, p in zip(images, prepared, strict=True) if isinstance(p, Exception)
+            }
+            good = [(i, p) for i, p in zip(images, prepared, strict=True) if isinstance(p, Pixels)]
+            features = await self.encoder.encode([p for _, p in good])
+            embeddings = [self._embedding(i, p, f) for (i, p), f in zip(good, features, strict=True)]
+            stored = await asyncio.gather(
+                *(self._store(i, e) for (i, _), e in zip(good, embeddings, strict=True))
+            )
+            for (image, _), embedding, ok in zip(good, embeddings, stored, strict=True):
+                results[image.image_id] = _Outcome(embedding, ok, False)
+            return results
+        finally:
+            if self.lease is not None and leased:
+                await asyncio.gather(*(self.lease.release(i) for i in leased))
+
+    def _prepare(self, image: _Image) -> Pixels:
+        """Decode + normalise + preprocess one image (runs in the pool)."""
+        rgb = media.decode(image.data, image.fmt, self.limits)
+        try:
+            return self.adapter.preprocess(rgb)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"the {rgb.width}x{rgb.height} image cannot be preprocessed for this model"
+            ) from exc
+
+    def _embedding(self, image: _Image, pixels: Pixels, features: torch.Tensor) -> Embedding:
+        grid = list(pixels.grid_thw) if pixels.grid_thw is not None else None
+        header, _ = record.make_header(
+            fingerprint=self.fingerprint, image_id=image.image_id, tensor=features, grid_thw=grid
+        )
+        return Embedding(header, features)
+
+    async def _store(self, image: _Image, embedding: Embedding) -> bool:
+        if self.cache is None:
+            return False
+        if image.from_store:
+            return await self.cache.put(embedding)
+        stored, _ = await asyncio.gather(
+            self.cache.put(embedding), self.cache.put_image_bytes(image.image_id, image.data)
+        )
+        return stored
+
+    async def _in_pool(self, fn: Callable[..., R], *args: object) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
