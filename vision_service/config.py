@@ -59,7 +59,7 @@ class VisionConfig:
     log_level: str = field(default="INFO", metadata=opt("logging level", env="TANDEM_LOG_LEVEL"))
     host: str = field(default="127.0.0.1", metadata=opt("address to listen on", env="TANDEM_VISION_HOST"))
     port: int = field(
-        default=50051, metadata=opt("port to listen on (0 = any free)", env="TANDEM_VISION_PORT")
+        default=50053, metadata=opt("port to listen on (0 = any free)", env="TANDEM_VISION_PORT")
     )
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=opt("largest gRPC message, bytes"))
     grace_seconds: float = field(default=10.0, metadata=opt("drain time for running calls on SIGTERM"))

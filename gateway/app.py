@@ -1,0 +1,147 @@
+"""Wiring: a ``GatewayConfig`` becomes a ``GrpcServer`` serving ``GatewayService``.
+
+Lifecycle: ``server.start()`` listens with health NOT_SERVING; ``warmup()`` asks the language
+service for the model (and, for a VLM, checks that a vision service answers with the same
+fingerprint), retrying until they answer; the server then reports SERVING. Sessions live in
+Redis, which readiness does not depend on (a session call without Redis is UNAVAILABLE).
+``shutdown()`` closes the clients after the server has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from grpc import aio
+from vlm.v1 import gateway_pb2, gateway_pb2_grpc
+
+from gateway.config import GatewayConfig
+from gateway.downstream import Downstream
+from gateway.fetch import Dial, FetchPolicy, Lookup, UrlFetcher, system_lookup
+from gateway.media_guard import MediaGuard, MediaLimits
+from gateway.messages import ModelInfo
+from gateway.pipeline import Pipeline
+from gateway.service import Gateway
+from gateway.servicer import GatewayServicer
+from gateway.session_redis import RedisSessionStore
+from gateway.sessions import Sessions, SessionSettings, SessionStore
+from tandem.errors import Unavailable
+from tandem.serving.bootstrap import GrpcServer, ServerOptions
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+_INFO_TIMEOUT_SECONDS = 5.0
+_RETRY_SECONDS = 0.5
+
+
+class StartupError(RuntimeError):
+    """The deployment cannot serve as configured (e.g. a VLM without a vision service)."""
+
+
+def fetch_policy(config: GatewayConfig) -> FetchPolicy:
+    return FetchPolicy(
+        timeout_seconds=config.url_fetch_timeout_seconds,
+        connect_timeout_seconds=min(5.0, config.url_fetch_timeout_seconds),
+        max_redirects=config.url_max_redirects,
+        allowed_domains=tuple(d.lower().strip(".") for d in config.url_allowed_domains),
+        allow_private=config.allow_private_urls,
+    )
+
+
+class GatewayApp:
+    """The gateway's parts, built from one config; ``store``/``lookup``/``dial`` are test seams."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: SessionStore | None = None,
+        lookup: Lookup = system_lookup,
+        dial: Dial | None = None,
+    ):
+        self.config = config
+        self.downstream = Downstream(
+            config.vision_addresses,
+            config.llm_addresses,
+            config.max_message_bytes,
+            config.downstream_auth_token,
+            Path(config.downstream_tls_ca).read_bytes() if config.downstream_tls_ca else None,
+            config.max_images_per_encode,
+        )
+        self.fetcher = UrlFetcher(fetch_policy(config), lookup, dial)
+        limits = MediaLimits(config.max_images_per_request, config.max_image_bytes, config.max_request_bytes)
+        self.pipeline = Pipeline(
+            MediaGuard(limits, self.fetcher), self.downstream, config.max_new_tokens_default
+        )
+        settings = SessionSettings(
+            default_ttl_seconds=config.session_ttl_seconds,
+            max_ttl_seconds=config.max_session_ttl_seconds,
+            lock_seconds=config.turn_lock_seconds,
+        )
+        self.store = store or RedisSessionStore.connect(config.redis_url, config.cache_prefix)
+        self.gateway = Gateway(self.pipeline, Sessions(self.store, settings), config.max_request_seconds)
+        servicer = GatewayServicer(self.gateway)
+
+        def register(server: aio.Server) -> None:
+            gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+
+        self.server = GrpcServer(ServerOptions.from_config(config), [register], [SERVICE_NAME])
+
+    async def warmup(self) -> None:
+        """Discover the served model, retrying until the downstream services answer."""
+        started = time.monotonic()
+        limit = self.config.startup_timeout_seconds
+        while True:
+            try:
+                self.pipeline.model = await self._discover()
+            except Unavailable as exc:
+                if limit and time.monotonic() - started > limit:
+                    raise StartupError(
+                        f"downstream services did not answer within {limit:g} s: {exc}"
+                    ) from None
+                log.info("waiting for downstream services: %s", exc)
+                await asyncio.sleep(_RETRY_SECONDS)
+                continue
+            model = self.pipeline.model
+            log.info(
+                "serving %s (%s, %s)", model.model, model.architecture, "VLM" if model.is_vlm else "text-only"
+            )
+            return
+
+    async def _discover(self) -> ModelInfo:
+        info = await self.downstream.language_info(_INFO_TIMEOUT_SECONDS)
+        if not info.is_vlm:
+            if self.downstream.vision is not None:
+                log.info("text-only model: the vision addresses are not used")
+                self.downstream.vision = None
+            return info
+        if self.downstream.vision is None:
+            raise StartupError("the model is a VLM: give --vision-addresses (a vision service is needed)")
+        vision = await self.downstream.vision_info(_INFO_TIMEOUT_SECONDS)
+        if vision.fingerprint != info.fingerprint:
+            raise StartupError(
+                "the vision and language services serve different models or settings (fingerprints "
+                f"{vision.fingerprint[:12]} and {info.fingerprint[:12]}); start both with the same --model"
+            )
+        return info
+
+    async def start(self) -> int:
+        """Listen (NOT_SERVING), warm up and report SERVING; for tests and embedding."""
+        port = await self.server.start()
+        await self.warmup()
+        await self.server.set_serving()
+        return port
+
+    async def shutdown(self) -> None:
+        """Close the downstream channels, the URL fetcher and the session store."""
+        await self.gateway.sessions.release_all()
+        await self.downstream.close()
+        await self.fetcher.close()
+        await self.store.close()
+
+    async def stop(self) -> None:
+        """Drain the server, then shut down (the counterpart of ``start``)."""
+        await self.server.drain()
+        await self.shutdown()

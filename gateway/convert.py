@@ -1,0 +1,272 @@
+"""Every conversion between protos and the gateway's domain values, in one place.
+
+Public API messages (``gateway_pb2``) become ``gateway.messages`` values in the servicer; the
+internal ``common_pb2`` messages are built here for the downstream clients and for the stored
+``SessionRecord``. Malformed client input (a role or part left unset) is ``InvalidInput``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from vlm.v1 import common_pb2, gateway_pb2
+
+from gateway.messages import (
+    Chunk,
+    FinishReason,
+    ImageRef,
+    ImageSource,
+    Message,
+    ModelInfo,
+    Part,
+    Role,
+    Sampling,
+    Usage,
+)
+from gateway.sessions import CommittedTurn, SessionState
+from tandem.errors import InvalidInput
+
+_ROLES: dict[common_pb2.Role, Role] = {
+    common_pb2.ROLE_SYSTEM: "system",
+    common_pb2.ROLE_USER: "user",
+    common_pb2.ROLE_ASSISTANT: "assistant",
+}
+_ROLE_PB = {name: value for value, name in _ROLES.items()}
+_FINISH: dict[common_pb2.FinishReason, FinishReason] = {
+    common_pb2.FINISH_REASON_STOP: "stop",
+    common_pb2.FINISH_REASON_LENGTH: "length",
+    common_pb2.FINISH_REASON_CANCELLED: "cancelled",
+}
+_FINISH_PB = {name: value for value, name in _FINISH.items()}
+
+
+# --- public requests -------------------------------------------------------------------------
+
+
+def image_source_from_pb(image: gateway_pb2.ImageSource) -> ImageSource:
+    which = image.WhichOneof("source")
+    if which == "data":
+        return ImageSource(data=image.data, media_type=image.media_type)
+    if which == "url":
+        return ImageSource(url=image.url)
+    if which == "image_id":
+        return ImageSource(image_id=image.image_id)
+    raise InvalidInput("an image part has no source: set data, url or image_id")
+
+
+def parts_from_pb(parts: Iterable[gateway_pb2.Part]) -> tuple[Part, ...]:
+    out: list[Part] = []
+    for part in parts:
+        which = part.WhichOneof("kind")
+        if which == "text":
+            out.append(part.text)
+        elif which == "image":
+            out.append(image_source_from_pb(part.image))
+        else:
+            raise InvalidInput("a message part is empty: set text or image")
+    return tuple(out)
+
+
+def role_from_pb(role: common_pb2.Role) -> Role:
+    if role not in _ROLES:
+        raise InvalidInput("every message needs a role: system, user or assistant")
+    return _ROLES[role]
+
+
+def messages_from_pb(messages: Iterable[gateway_pb2.ChatMessage]) -> list[Message]:
+    return [Message(role_from_pb(m.role), parts_from_pb(m.parts)) for m in messages]
+
+
+def sampling_from_pb(s: common_pb2.SamplingParams) -> Sampling:
+    return Sampling(
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        repetition_penalty=s.repetition_penalty,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+        stop_token_ids=tuple(s.stop_token_ids),
+    )
+
+
+# --- internal messages -----------------------------------------------------------------------
+
+
+def sampling_to_pb(s: Sampling) -> common_pb2.SamplingParams:
+    out = common_pb2.SamplingParams(
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        repetition_penalty=s.repetition_penalty,
+        stop=list(s.stop),
+        stop_token_ids=list(s.stop_token_ids),
+    )
+    if s.seed is not None:
+        out.seed = s.seed
+    return out
+
+
+def image_ref_to_pb(ref: ImageRef) -> common_pb2.ImageRef:
+    return common_pb2.ImageRef(
+        image_id=ref.image_id,
+        num_tokens=ref.num_tokens,
+        grid_thw=list(ref.grid_thw),
+        inline_record=ref.inline_record,
+    )
+
+
+def image_ref_from_pb(ref: common_pb2.ImageRef) -> ImageRef:
+    return ImageRef(ref.image_id, ref.num_tokens, tuple(ref.grid_thw), ref.inline_record)
+
+
+def message_to_pb(message: Message) -> common_pb2.Message:
+    """An encoded message (text and ``ImageRef`` parts) as the language service takes it."""
+    out = common_pb2.Message(role=_ROLE_PB[message.role])
+    for part in message.parts:
+        if isinstance(part, str):
+            out.parts.add(text=part)
+        elif isinstance(part, ImageRef):
+            out.parts.add(image=image_ref_to_pb(part))
+        else:
+            raise TypeError("images must be encoded before they reach the language service")
+    return out
+
+
+def message_from_pb(message: common_pb2.Message) -> Message:
+    parts: list[Part] = []
+    for part in message.parts:
+        parts.append(part.text if part.WhichOneof("kind") == "text" else image_ref_from_pb(part.image))
+    return Message(_ROLES.get(message.role, "user"), tuple(parts))
+
+
+def usage_from_pb(u: common_pb2.Usage) -> Usage:
+    return Usage(u.prompt_tokens, u.image_tokens, u.completion_tokens, u.cached_tokens)
+
+
+def usage_to_pb(u: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(
+        prompt_tokens=u.prompt_tokens,
+        image_tokens=u.image_tokens,
+        completion_tokens=u.completion_tokens,
+        cached_tokens=u.cached_tokens,
+    )
+
+
+def finish_from_pb(reason: common_pb2.FinishReason) -> FinishReason | None:
+    return _FINISH.get(reason)
+
+
+def finish_to_pb(reason: FinishReason | None) -> common_pb2.FinishReason:
+    return common_pb2.FINISH_REASON_UNSPECIFIED if reason is None else _FINISH_PB[reason]
+
+
+def model_info_from_pb(info: common_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(info.model, info.architecture, info.is_vlm, info.fingerprint, info.context_length)
+
+
+def model_info_to_pb(info: ModelInfo) -> common_pb2.ModelInfo:
+    return common_pb2.ModelInfo(
+        model=info.model,
+        architecture=info.architecture,
+        is_vlm=info.is_vlm,
+        fingerprint=info.fingerprint,
+        context_length=info.context_length,
+    )
+
+
+# --- public responses ------------------------------------------------------------------------
+
+
+def generate_response(chunk: Chunk) -> gateway_pb2.GenerateResponse:
+    out = gateway_pb2.GenerateResponse(
+        text=chunk.text,
+        token_ids=list(chunk.token_ids),
+        finish_reason=finish_to_pb(chunk.finish_reason),
+        image_ids=list(chunk.image_ids),
+    )
+    if chunk.usage is not None:
+        out.usage.CopyFrom(usage_to_pb(chunk.usage))
+    return out
+
+
+def chat_response(chunk: Chunk) -> gateway_pb2.ChatResponse:
+    out = gateway_pb2.ChatResponse(
+        text=chunk.text,
+        token_ids=list(chunk.token_ids),
+        finish_reason=finish_to_pb(chunk.finish_reason),
+        image_ids=list(chunk.image_ids),
+        replayed=chunk.replayed,
+    )
+    if chunk.usage is not None:
+        out.usage.CopyFrom(usage_to_pb(chunk.usage))
+    return out
+
+
+def history_message(message: Message) -> gateway_pb2.HistoryMessage:
+    out = gateway_pb2.HistoryMessage(role=_ROLE_PB[message.role])
+    for part in message.parts:
+        if isinstance(part, str):
+            out.parts.add(text=part)
+        elif isinstance(part, ImageRef):
+            out.parts.add(image_id=part.image_id)
+    return out
+
+
+def session_to_pb(state: SessionState, with_history: bool = True) -> gateway_pb2.Session:
+    """The API view of a session: image ids only, never pixels or embeddings."""
+    out = gateway_pb2.Session(
+        session_id=state.session_id,
+        created_at_ms=state.created_at_ms,
+        updated_at_ms=state.updated_at_ms,
+        ttl_seconds=state.ttl_seconds,
+    )
+    if with_history:
+        out.messages.extend(history_message(m) for m in state.messages)
+    return out
+
+
+# --- stored sessions -------------------------------------------------------------------------
+
+
+def _turn_to_pb(turn: CommittedTurn) -> gateway_pb2.CommittedTurn:
+    return gateway_pb2.CommittedTurn(
+        request_id=turn.request_id,
+        text=turn.text,
+        token_ids=list(turn.token_ids),
+        finish_reason=finish_to_pb(turn.finish_reason),
+        usage=usage_to_pb(turn.usage),
+        image_ids=list(turn.image_ids),
+    )
+
+
+def _turn_from_pb(turn: gateway_pb2.CommittedTurn) -> CommittedTurn:
+    return CommittedTurn(
+        request_id=turn.request_id,
+        text=turn.text,
+        token_ids=tuple(turn.token_ids),
+        finish_reason=finish_from_pb(turn.finish_reason) or "stop",
+        usage=usage_from_pb(turn.usage),
+        image_ids=tuple(turn.image_ids),
+    )
+
+
+def encode_session(state: SessionState) -> bytes:
+    """The stored ``SessionRecord``; ``session.messages`` stays empty (derived from ``messages``)."""
+    record = gateway_pb2.SessionRecord(session=session_to_pb(state, with_history=False))
+    record.messages.extend(message_to_pb(m) for m in state.messages)
+    record.turns.extend(_turn_to_pb(t) for t in state.turns)
+    return record.SerializeToString(deterministic=True)
+
+
+def decode_session(value: bytes) -> SessionState:
+    record = gateway_pb2.SessionRecord.FromString(value)
+    return SessionState(
+        session_id=record.session.session_id,
+        created_at_ms=record.session.created_at_ms,
+        updated_at_ms=record.session.updated_at_ms,
+        ttl_seconds=record.session.ttl_seconds,
+        messages=tuple(message_from_pb(m) for m in record.messages),
+        turns=tuple(_turn_from_pb(t) for t in record.turns),
+    )

@@ -1,0 +1,209 @@
+"""Async clients of the internal services: replica choice, fail-over, deadlines, error mapping.
+
+Every call passes the caller's remaining time as its gRPC timeout. A replica that answers
+UNAVAILABLE before it produced anything is skipped for the next one in the routing order (a
+session's next rendezvous choice, or the next round-robin replica); once a stream has produced
+tokens its failure is the caller's failure. Downstream statuses become domain errors:
+INVALID_ARGUMENT, NOT_FOUND and RESOURCE_EXHAUSTED keep their (caller-facing) message,
+UNAVAILABLE and DEADLINE_EXCEEDED get our own message, anything else is a generic internal
+error (details go to the log only). A consumer that stops iterating a stream, or is
+cancelled, cancels the downstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Sequence
+
+import grpc
+from grpc import aio
+from vlm.v1 import llm_pb2, llm_pb2_grpc, vision_pb2, vision_pb2_grpc
+
+from gateway import convert
+from gateway.deadline import Deadline
+from gateway.messages import Chunk, ImageInput, ImageRef, Message, ModelInfo, Sampling
+from gateway.routing import Router
+from tandem.errors import (
+    GENERIC_INTERNAL_MESSAGE,
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    TandemError,
+    Unavailable,
+)
+from tandem.serving.bootstrap import channel_options
+
+log = logging.getLogger(__name__)
+
+_PASS_THROUGH: dict[grpc.StatusCode, type[TandemError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+}
+
+
+def map_rpc_error(err: aio.AioRpcError, service: str) -> TandemError:
+    """The domain error a downstream status becomes (safe for the caller)."""
+    code = err.code()
+    if code in _PASS_THROUGH:
+        return _PASS_THROUGH[code](err.details() or code.name.lower())
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return Unavailable(f"the {service} service is unavailable; retry later")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"deadline exceeded while waiting for the {service} service")
+    log.error("%s service answered %s: %s", service, code.name, err.details())
+    return TandemError(GENERIC_INTERNAL_MESSAGE)
+
+
+class Downstream:
+    """Channels to the vision and language replicas (created on first use, closed by ``close``)."""
+
+    def __init__(
+        self,
+        vision_addresses: Sequence[str],
+        llm_addresses: Sequence[str],
+        max_message_bytes: int,
+        auth_token: str | None = None,
+        tls_ca: bytes | None = None,
+        max_images_per_encode: int = 32,
+    ):
+        self.vision = Router(vision_addresses) if vision_addresses else None
+        self.language = Router(llm_addresses)
+        self.max_images_per_encode = max_images_per_encode
+        self._options = channel_options(max_message_bytes)
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
+        self._credentials = grpc.ssl_channel_credentials(tls_ca) if tls_ca else None
+        self._channels: dict[str, aio.Channel] = {}
+
+    def _channel(self, address: str) -> aio.Channel:
+        if address not in self._channels:
+            if self._credentials is not None:
+                channel = aio.secure_channel(address, self._credentials, options=self._options)
+            else:
+                channel = aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return self._channels[address]
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+    async def language_info(self, timeout: float) -> ModelInfo:
+        """The model of the first language replica that answers."""
+        for address in self.language.next_order():
+            stub = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
+            try:
+                response = await stub.GetLanguageInfo(
+                    llm_pb2.GetLanguageInfoRequest(), timeout=timeout, metadata=self._metadata
+                )
+            except aio.AioRpcError as err:
+                log.info("language replica %s not ready: %s", address, err.code().name)
+                continue
+            return convert.model_info_from_pb(response.info)
+        raise Unavailable("no language replica answered")
+
+    async def vision_info(self, timeout: float) -> ModelInfo:
+        """The model of the first vision replica that answers."""
+        for address in self._vision().next_order():
+            stub = vision_pb2_grpc.VisionServiceStub(self._channel(address))
+            try:
+                response = await stub.GetVisionInfo(
+                    vision_pb2.GetVisionInfoRequest(), timeout=timeout, metadata=self._metadata
+                )
+            except aio.AioRpcError as err:
+                log.info("vision replica %s not ready: %s", address, err.code().name)
+                continue
+            return convert.model_info_from_pb(response.info)
+        raise Unavailable("no vision replica answered")
+
+    def _vision(self) -> Router:
+        if self.vision is None:
+            raise InvalidInput("this model is text-only; remove the image parts")
+        return self.vision
+
+    async def encode(
+        self, images: Sequence[ImageInput], force_inline: bool, deadline: Deadline
+    ) -> list[ImageRef]:
+        """Refs of ``images`` in order: one Encode call, or parallel ones past the per-call limit."""
+        size = self.max_images_per_encode
+        if len(images) <= size:
+            return await self._encode_once(images, force_inline, deadline)
+        groups = [images[i : i + size] for i in range(0, len(images), size)]
+        tasks = [asyncio.ensure_future(self._encode_once(g, force_inline, deadline)) for g in groups]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        return [ref for group in results for ref in group]
+
+    async def _encode_once(
+        self, images: Sequence[ImageInput], force_inline: bool, deadline: Deadline
+    ) -> list[ImageRef]:
+        request = vision_pb2.EncodeRequest(force_inline=force_inline)
+        for image in images:
+            if image.data:
+                request.images.add(data=image.data, media_type=image.media_type)
+            else:
+                request.images.add(image_id=image.image_id)
+        for address in self._vision().next_order():
+            stub = vision_pb2_grpc.VisionServiceStub(self._channel(address))
+            try:
+                response = await stub.Encode(request, timeout=deadline.remaining(), metadata=self._metadata)
+            except aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    log.warning("vision replica %s unavailable; trying the next", address)
+                    continue
+                raise map_rpc_error(err, "vision") from None
+            if len(response.images) != len(images):
+                log.error(
+                    "vision replica %s returned %d refs for %d images",
+                    address,
+                    len(response.images),
+                    len(images),
+                )
+                raise TandemError(GENERIC_INTERNAL_MESSAGE)
+            return [convert.image_ref_from_pb(item.ref) for item in response.images]
+        raise Unavailable("the vision service is unavailable; retry later")
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        request_id: str,
+        session_id: str,
+        deadline: Deadline,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream the answer from the session's replica (or the next round-robin one)."""
+        request = llm_pb2.GenerateTokensRequest(
+            request_id=request_id,
+            messages=[convert.message_to_pb(m) for m in messages],
+            sampling=convert.sampling_to_pb(sampling),
+            session_id=session_id,
+        )
+        for address in self.language.order(session_id or None):
+            stub = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
+            call = stub.GenerateTokens(request, timeout=deadline.remaining(), metadata=self._metadata)
+            started = False
+            try:
+                async for response in call:
+                    started = True
+                    yield _chunk(response)
+                return
+            except aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE and not started:
+                    log.warning("language replica %s unavailable; trying the next", address)
+                    continue
+                raise map_rpc_error(err, "language") from None
+            finally:
+                call.cancel()
+        raise Unavailable("the language service is unavailable; retry later")
+
+
+def _chunk(response: llm_pb2.GenerateTokensResponse) -> Chunk:
+    finish = convert.finish_from_pb(response.finish_reason)
+    usage = convert.usage_from_pb(response.usage) if finish is not None else None
+    return Chunk(response.text, tuple(response.token_ids), finish, usage)

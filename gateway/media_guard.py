@@ -1,0 +1,94 @@
+"""Turning a request's client image sources into inputs for the vision service, within limits.
+
+Per request: at most ``max_images`` new images, each at most ``max_image_bytes``, together at
+most ``max_request_bytes`` (sizes checked before any base64 decoding; URL bodies counted while
+they stream in). ``image_id`` references pass through as ids: the vision service resolves them
+from the bytes it kept and answers NOT_FOUND for unknown ones. Every refusal is
+``InvalidInput`` with a message saying what to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.budget import ByteBudget
+from gateway.datauri import decoded_size, is_data_uri, parse_data_uri
+from gateway.deadline import Deadline
+from gateway.fetch import UrlFetcher
+from gateway.messages import ImageInput, ImageSource
+from tandem.errors import InvalidInput
+
+_IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # sha256 hex, as ``tandem.embeddings.cache.image_id_of``
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Count and size limits of one request's images."""
+
+    max_images: int = 8
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = 40 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_images < 1 or self.max_image_bytes < 1:
+            raise ValueError(f"{self.max_images=} and {self.max_image_bytes=} must be >= 1")
+        if self.max_request_bytes < self.max_image_bytes:
+            raise ValueError(f"{self.max_request_bytes=} must be >= {self.max_image_bytes=}")
+
+
+class MediaGuard:
+    """Resolves ``ImageSource`` values into ``ImageInput`` values under ``MediaLimits``."""
+
+    def __init__(self, limits: MediaLimits, fetcher: UrlFetcher):
+        self.limits = limits
+        self.fetcher = fetcher
+
+    async def resolve(self, sources: Sequence[ImageSource], deadline: Deadline) -> list[ImageInput]:
+        """Inputs in the same order; URL fetches run concurrently under one byte budget."""
+        if len(sources) > self.limits.max_images:
+            raise InvalidInput(
+                f"too many images: {len(sources)}; at most {self.limits.max_images} per request"
+            )
+        budget = ByteBudget(self.limits.max_request_bytes)
+        self._precheck_sizes(sources, budget)
+        tasks = [asyncio.ensure_future(self._resolve_one(s, budget, deadline)) for s in sources]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def _precheck_sizes(self, sources: Sequence[ImageSource], budget: ByteBudget) -> None:
+        """Refuse by declared sizes alone, before decoding anything."""
+        for source in sources:
+            if source.data:
+                size = len(source.data)
+            elif is_data_uri(source.url):
+                size = decoded_size(len(source.url.partition(",")[2]))
+            else:
+                continue
+            if size > self.limits.max_image_bytes:
+                raise InvalidInput(
+                    f"an image is too large ({size} bytes; at most {self.limits.max_image_bytes} per image)"
+                )
+            budget.take(size)
+
+    async def _resolve_one(self, source: ImageSource, budget: ByteBudget, deadline: Deadline) -> ImageInput:
+        if source.data:
+            return ImageInput(data=source.data, media_type=source.media_type)
+        if source.image_id:
+            if not _IMAGE_ID.fullmatch(source.image_id):
+                raise InvalidInput("an image_id must be the 64-hex-digit id a previous response returned")
+            return ImageInput(image_id=source.image_id)
+        if is_data_uri(source.url):
+            uri = parse_data_uri(source.url, self.limits.max_image_bytes)
+            return ImageInput(data=uri.data, media_type=uri.media_type)
+        if source.url:
+            data = await self.fetcher.fetch(source.url, self.limits.max_image_bytes, budget, deadline)
+            if not data:
+                raise InvalidInput("the image URL returned an empty body")
+            return ImageInput(data=data)
+        raise InvalidInput("an image part has no source: set data, url or image_id")
