@@ -38,3 +38,13 @@ def checkpoint(checkpoint_root: Path):  # type: ignore[no-untyped-def]
         return ensure_checkpoint(kind, checkpoint_root)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def client_stack(checkpoint, redis_server, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """vision + llm + two gateways (gRPC and OpenAI HTTP) as real processes; see tests/client_stack.py."""
+    from tests.client_stack import start_stack
+
+    log_dir = tmp_path_factory.mktemp("client-stack")
+    with start_stack(checkpoint("llava"), redis_server.url, log_dir) as stack:
+        yield stack

@@ -1,0 +1,285 @@
+"""The OpenAI-compatible HTTP endpoint, served by the gateway process on its event loop.
+
+Routes: ``POST /v1/chat/completions`` (JSON or SSE streaming ending with ``data: [DONE]``),
+``GET /v1/models``, the session routes of ``openai_sessions``, ``GET /healthz`` (200 once the
+model is known, 503 before) and ``GET /metrics`` (Prometheus text).
+
+Handlers call the same ``Gateway`` domain object as the gRPC servicer, so media guards, limits,
+sessions and error meanings are identical on both listeners; nothing goes through gRPC to
+itself. The body is capped at the gRPC listener's message limit. With ``auth_token`` set,
+``/v1/*`` needs ``Authorization: Bearer <token>`` (health and metrics stay open, as gRPC health
+does). A client that disconnects cancels its handler, which cancels the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.deadline import Deadline
+from gateway.messages import Chunk, Usage
+from gateway.openai_request import ChatCompletionRequest, InvalidRequest, parse_chat_completion
+from gateway.openai_response import Completion, error_body, error_for, sse
+from gateway.openai_sessions import SessionRoutes
+from gateway.service import Gateway
+from tandem.errors import NotFound, Unauthenticated
+from tandem.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = "X-Tandem-Session"
+REQUEST_ID_HEADER = "X-Request-Id"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Listener settings; ``port`` 0 picks a free port (written to ``port_file`` if set)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 64 * 1024 * 1024
+    auth_token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    port_file: str | None = None
+    shutdown_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"{self.port=} must be in 0..65535")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"{self.max_body_bytes=} must be >= 1024")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_cert and self.tls_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+
+def _error_response(exc: BaseException, metrics: Metrics) -> web.Response:
+    status, body = error_for(exc)
+    if status == 500:
+        log.error("unhandled error in an HTTP request", exc_info=exc)
+    metrics.inc(f"http_errors_{status}")
+    return web.json_response(body, status=status)
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    if exc.status == 413:
+        message = "the request body is too large"
+    else:
+        message = f"{exc.reason}: see GET /v1/models and POST /v1/chat/completions"
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    return web.json_response(error_body(message, kind, str(exc.status)), status=exc.status)
+
+
+async def _with_first(first: Chunk, rest: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+class OpenAIHttpServer:
+    """An ``aiohttp.web`` application over a ``Gateway``; ``start()`` binds, ``stop()`` drains."""
+
+    def __init__(self, gateway: Gateway, options: HttpOptions, metrics: Metrics | None = None):
+        self.gateway = gateway
+        self.options = options
+        self.metrics = metrics or Metrics()
+        self.app = self._build_app()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.options.max_body_bytes, middlewares=[self._errors, self._auth]
+        )
+        app.add_routes(
+            [
+                web.post("/v1/chat/completions", self.chat_completions),
+                web.get("/v1/models", self.models),
+                web.get("/healthz", self.healthz),
+                web.get("/metrics", self.render_metrics),
+                *SessionRoutes(self.gateway).routes(),
+            ]
+        )
+        return app
+
+    async def start(self) -> int:
+        """Listen; returns the bound port."""
+        runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            self.options.host,
+            self.options.port,
+            ssl_context=self.options.ssl_context(),
+            shutdown_timeout=self.options.shutdown_seconds,
+        )
+        await site.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        if self.options.port_file:
+            Path(self.options.port_file).write_text(str(self.port))
+        log.info("OpenAI-compatible HTTP on %s:%d", self.options.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, let running requests finish within the shutdown timeout, close."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _http_error(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return _error_response(exc, self.metrics)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = self.options.auth_token
+        if token and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+                raise Unauthenticated("missing or wrong bearer token in the Authorization header")
+        return await handler(request)
+
+    def _model_ids(self) -> list[str]:
+        model = self.gateway.model_info().model
+        return list(dict.fromkeys([model, Path(model).name]))
+
+    async def models(self, request: web.Request) -> web.Response:
+        info = self.gateway.model_info()
+        data = [{"id": info.model, "object": "model", "created": 0, "owned_by": "tandem"}]
+        return web.json_response({"object": "list", "data": data})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        try:
+            self.gateway.model_info()
+        except Exception:
+            return web.json_response({"status": "starting"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def render_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def _parse(self, request: web.Request) -> ChatCompletionRequest:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            raise InvalidRequest("the request body is not valid JSON") from None
+        parsed = parse_chat_completion(body, request.headers.get(SESSION_HEADER))
+        if parsed.model not in self._model_ids():
+            raise NotFound(f"unknown model {parsed.model[:200]!r}; GET /v1/models lists the served one")
+        return parsed
+
+    def _generation(self, parsed: ChatCompletionRequest, request_id: str) -> AsyncGenerator[Chunk, None]:
+        deadline = Deadline.after(None)
+        if parsed.session_id:
+            return self.gateway.chat(parsed.session_id, parsed.turn(), parsed.sampling, request_id, deadline)
+        return self.gateway.generate(parsed.messages, parsed.sampling, request_id, deadline)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        parsed = await self._parse(request)
+        self.metrics.inc("http_chat_completions")
+        request_id = request.headers.get(REQUEST_ID_HEADER, "")[:128] or uuid.uuid4().hex
+        completion = Completion(parsed.model, parsed.session_id)
+        async with contextlib.aclosing(self._generation(parsed, request_id)) as chunks:
+            first = await anext(chunks)  # failures before any output get a proper HTTP status
+            if parsed.stream:
+                response = await self._stream(request, completion, _with_first(first, chunks), parsed)
+            else:
+                response = await self._complete(completion, _with_first(first, chunks))
+        self.metrics.observe("http_chat_completion_seconds", time.monotonic() - started)
+        return response
+
+    async def _complete(self, completion: Completion, chunks: AsyncGenerator[Chunk, None]) -> web.Response:
+        text: list[str] = []
+        last = Chunk()
+        async for chunk in chunks:
+            text.append(chunk.text)
+            last = chunk
+        return web.json_response(completion.full("".join(text), last.finish_reason, last.usage))
+
+    async def _stream(
+        self,
+        request: web.Request,
+        completion: Completion,
+        chunks: AsyncGenerator[Chunk, None],
+        parsed: ChatCompletionRequest,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        await response.write(sse(completion.chunk({"role": "assistant", "content": ""})))
+        try:
+            usage = await self._write_chunks(response, completion, chunks)
+            if parsed.include_usage:
+                await response.write(sse(completion.usage_chunk(usage)))
+            await response.write(sse("[DONE]"))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            status, body = error_for(exc)
+            log.info("HTTP stream ended with %d: %s", status, body["error"]["message"])
+            self.metrics.inc(f"http_errors_{status}")
+            await response.write(sse(body))
+        await response.write_eof()
+        return response
+
+    async def _write_chunks(
+        self, response: web.StreamResponse, completion: Completion, chunks: AsyncGenerator[Chunk, None]
+    ) -> Usage | None:
+        usage: Usage | None = None
+        async for chunk in chunks:
+            if chunk.text:
+                await response.write(sse(completion.chunk({"content": chunk.text})))
+            if chunk.is_final:
+                await response.write(sse(completion.chunk({}, chunk.finish_reason)))
+                usage = chunk.usage
+        return usage
+
+
+def options_from_config(config: Any) -> HttpOptions:
+    """HTTP listener settings from a ``GatewayConfig``: same host, limits, token and TLS as gRPC."""
+    return HttpOptions(
+        host=config.host,
+        port=config.http_port,
+        max_body_bytes=config.max_message_bytes,
+        auth_token=config.auth_token,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        port_file=config.http_port_file,
+        shutdown_seconds=config.grace_seconds,
+    )
