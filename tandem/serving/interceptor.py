@@ -8,6 +8,7 @@ traceback and reaches the caller as INTERNAL with a generic message.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,6 +27,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc) or exc.code.name.lower()
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    if isinstance(exc, NotImplementedError):  # a generated servicer's default method body
+        return grpc.StatusCode.UNIMPLEMENTED, "method not implemented"
     return grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE
 
 
@@ -52,7 +55,11 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        # A coroutine that streams with ``context.write`` (e.g. grpc's own Health.Watch).
+        return _wrap_unary(behavior, method)
+
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for item in behavior(request, context):

@@ -45,6 +45,16 @@ def _convert(tp: Any, raw: str) -> Any:
     return base(raw)
 
 
+def _converter(tp: Any) -> Any:
+    """An argparse ``type`` for ``tp``, named so that errors read "invalid int value"."""
+
+    def convert(raw: str) -> Any:
+        return _convert(tp, raw)
+
+    convert.__name__ = getattr(_base_type(tp), "__name__", "value")
+    return convert
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -63,7 +73,10 @@ def build_parser(cls: type[Any], description: str, env: Mapping[str, str]) -> ar
         default = field.default if field.default is not dataclasses.MISSING else None
         env_name = meta.get("env")
         if env_name and env_name in env:
-            default = _convert(tp, env_name and env[env_name])
+            try:
+                default = _convert(tp, env[env_name])
+            except ValueError as exc:
+                parser.error(f"environment variable {env_name}={env[env_name]!r}: {exc}")
         help_text = meta["help"] + f" (default: {default!r}"
         help_text += f"; env {env_name})" if env_name else ")"
         if _base_type(tp) is bool:
@@ -74,7 +87,7 @@ def build_parser(cls: type[Any], description: str, env: Mapping[str, str]) -> ar
             parser.add_argument(
                 _flag(field.name),
                 default=default,
-                type=lambda raw, tp=tp: _convert(tp, raw),
+                type=_converter(tp),
                 choices=meta.get("choices"),
                 help=help_text,
                 metavar=field.name.upper(),
