@@ -72,7 +72,9 @@ class Downstream:
         self.vision = Router(vision_addresses) if vision_addresses else None
         self.language = Router(llm_addresses)
         self.max_images_per_encode = max_images_per_encode
-        self._options = channel_options(max_message_bytes)
+        # round_robin: a headless Service name (dns:///vision:50053) resolves to every pod and
+        # calls are balanced per call instead of pinned to the first address (pick_first).
+        self._options = [*channel_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")]
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
         self._credentials = grpc.ssl_channel_credentials(tls_ca) if tls_ca else None
         self._channels: dict[str, aio.Channel] = {}
