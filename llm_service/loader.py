@@ -7,18 +7,14 @@ tensors under the adapter's prefixes, so the vision tower and projector are neve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
-from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationConfig
 
 from llm_service.adapters import Adapter, adapter_for
@@ -26,10 +22,9 @@ from llm_service.config import LlmConfig
 from llm_service.model import CausalLM, HFLanguageModel
 from tandem.models.checkpoint import load_subset, resolve
 from tandem.models.fingerprint import fingerprint
+from tandem.models.meta import parameters_on_meta
 
 log = logging.getLogger(__name__)
-
-_META_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,28 +60,6 @@ def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and dtype == torch.float16:
         return torch.float32
     return dtype  # type: ignore[no-any-return]
-
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Modules built inside get their parameters on the meta device (no memory, no init cost).
-
-    Buffers (e.g. RoPE ``inv_freq``) are created for real. Serialised by a lock because it
-    patches ``nn.Module.register_parameter`` while active.
-    """
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    with _META_LOCK:
-        nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
-        try:
-            yield
-        finally:
-            nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
 def _ties_embeddings(config: Any, text_config: Any) -> bool:

@@ -17,7 +17,8 @@ import torch
 from vlm.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 
 from tandem.embeddings import record
-from tandem.embeddings.cache import decode_inline, image_id_of
+from tandem.embeddings.cache import CacheSettings, Embedding, EmbeddingCache, decode_inline, image_id_of
+from tandem.embeddings.kv import KeyValueStore, MemoryStore, RedisStore, connect_redis
 from tandem.redis_local import LocalRedis
 from tandem.serving.bootstrap import channel_options
 from tandem.testing.checkpoints import make_test_image
@@ -178,16 +179,26 @@ async def test_redis_outage_answers_inline_and_recovers(checkpoint) -> None:
             assert again.cache_hit and not again.ref.inline_record
 
 
-async def test_an_unknown_image_id_while_redis_is_down_is_not_found(checkpoint) -> None:
+async def test_image_ids_are_not_found_when_unknown_and_unavailable_while_redis_is_down(checkpoint) -> None:
     with LocalRedis() as redis:
         async with running_vision(vision_config(checkpoint("llava"), redis.url)) as vision:
-            redis.stop()
+            known = (await encode(vision, png(36))).ref.image_id
             async with grpc.aio.insecure_channel(vision.address) as channel:
                 stub = vision_pb2_grpc.VisionServiceStub(channel)
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    images = [vision_pb2.ImageInput(image_id=image_id_of(b"x"))]
-                    await stub.Encode(vision_pb2.EncodeRequest(images=images))
-            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+                async def status_for(image_id: str) -> tuple[grpc.StatusCode, str]:
+                    images = [vision_pb2.ImageInput(image_id=image_id)]
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await stub.Encode(vision_pb2.EncodeRequest(images=images))
+                    return info.value.code(), info.value.details() or ""
+
+                assert (await status_for(image_id_of(b"x")))[0] == grpc.StatusCode.NOT_FOUND
+                redis.stop()
+                for image_id in (image_id_of(b"x"), known):
+                    code, details = await status_for(image_id)
+                    assert code == grpc.StatusCode.UNAVAILABLE, image_id
+                    assert "unreachable" in details and "send the image bytes" in details
+            assert (await encode(vision, png(36))).ref.inline_record  # bytes still work
 
 
 def test_corrupt_value_helper_covers_the_cases() -> None:
@@ -199,3 +210,36 @@ def test_corrupt_value_helper_covers_the_cases() -> None:
         with pytest.raises(record.BadRecord):
             decode_inline(bad, expected)
         assert bad != good, name
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+async def test_a_header_read_checks_lengths_and_chunks_without_the_tensor(redis_server, kind: str) -> None:
+    store: KeyValueStore = RedisStore(connect_redis(redis_server.url)) if kind == "redis" else MemoryStore()
+    settings = CacheSettings(prefix=f"t{uuid.uuid4().hex[:8]}", chunk_bytes=64 * 1024)
+    cache = EmbeddingCache(store, "f" * 32, 8, settings)
+    try:
+        embeddings = []
+        for name, tokens in (("small", 4), ("chunked", 5000)):  # 5000 x 8 float32 = 3 chunks
+            features = torch.randn(tokens, 8)
+            header, _ = record.make_header(
+                fingerprint="f" * 32, image_id=image_id_of(name.encode()), tensor=features
+            )
+            embeddings.append(Embedding(header, features))
+            assert await cache.put(embeddings[-1])
+        for embedding in embeddings:
+            found = await cache.get_header(embedding.header.image_id)
+            assert found is not None and found.num_tokens == embedding.header.num_tokens
+        assert (await store.get_many([cache.key(embeddings[1].header.image_id)]))[0] is not None
+        assert cache.metrics.get("cache_hits") == 2 and await cache.get_header(image_id_of(b"new")) is None
+        small, chunked = (cache.key(e.header.image_id) for e in embeddings)
+        (value,) = await store.get_many([small])
+        assert value is not None
+        await store.put_many([(small, value[:-4])], 60)  # truncated tensor bytes
+        await store.put_many([(f"{chunked}:2", b"short")], 60)  # a chunk of the wrong length
+        for embedding in embeddings:
+            assert await cache.get_header(embedding.header.image_id) is None
+        assert cache.metrics.get("cache_bad_values") == 2
+        assert await store.get_many([small, chunked]) == [None, None]  # deleted
+        assert cache.metrics.get("cache_misses") == 1
+    finally:
+        await store.close()

@@ -34,6 +34,13 @@ class VisionConfig:
     dtype: str = field(default="float32", metadata=opt("encoder and embedding dtype", choices=DTYPES))
     max_batch: int = field(default=8, metadata=opt("most images in one encoder forward"))
     max_images_per_request: int = field(default=32, metadata=opt("most images in one Encode call"))
+    max_pending_images: int = field(
+        default=64,
+        metadata=opt(
+            "most images admitted for encoding at once (queued, preprocessing or encoding); "
+            "more get RESOURCE_EXHAUSTED"
+        ),
+    )
     max_image_bytes: int = field(default=20 * 1024 * 1024, metadata=opt("largest accepted image file, bytes"))
     max_image_pixels: int = field(
         default=40_000_000,
@@ -49,7 +56,9 @@ class VisionConfig:
     image_ttl_seconds: int = field(
         default=7 * 24 * 3600, metadata=opt("lifetime of stored image bytes (>= embedding TTL)")
     )
-    cache_prefix: str = field(default="tandem", metadata=opt("key prefix shared by all Tandem services"))
+    cache_prefix: str = field(
+        default="tandem", metadata=opt("key prefix shared by all Tandem services", env="TANDEM_CACHE_PREFIX")
+    )
     lease_seconds: float = field(
         default=30.0, metadata=opt("lifetime of a cross-replica encode lease (longer than one encode)")
     )
@@ -79,6 +88,8 @@ class VisionConfig:
         for name in ("max_batch", "max_images_per_request", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_pending_images < self.max_images_per_request:
+            raise ValueError(f"{self.max_pending_images=} must be >= {self.max_images_per_request=}")
         if self.preprocess_threads < 1:
             raise ValueError(f"{self.preprocess_threads=} must be >= 1")
         if self.max_aspect_ratio < 1:

@@ -56,6 +56,11 @@ class EncoderWorker:
         self._queue.put(group)
         return await group.future
 
+    @property
+    def backlog(self) -> int:
+        """Groups queued and not yet taken by the encoder thread (approximate)."""
+        return self._queue.qsize()
+
     def close(self, timeout: float = 30.0) -> None:
         """Finish queued work and stop the thread."""
         if self._thread.is_alive():
@@ -90,7 +95,11 @@ class EncoderWorker:
                 break
             batch.append(item)
             size += len(item.pixels)
-        return [g for g in batch if not g.future.cancelled()]
+        live = [g for g in batch if not g.future.cancelled()]
+        if len(live) < len(batch):  # their callers left before the forward: never encoded
+            dropped = sum(len(g.pixels) for g in batch) - sum(len(g.pixels) for g in live)
+            self.metrics.inc("encoder_dropped_images", dropped)
+        return live
 
     def _forward(self, groups: list[_Group]) -> None:
         pixels = [p for g in groups for p in g.pixels]

@@ -7,10 +7,16 @@ Per Encode call:
    ``image_id`` is resolved from the stored original bytes (unknown -> NOT_FOUND).
 2. Join the single flight: image ids already in flight in this process are awaited; the new
    ones go to one leader task (``_lead``) for the whole call.
-3. The leader reads the cache (a hit skips decoding entirely), claims the cross-replica lease
-   for each miss (or waits for the replica that holds it), decodes and preprocesses its images
-   in the thread pool, encodes them in one batched forward on the encoder thread, and stores
-   embedding and image bytes. What Redis did not take is returned inline.
+3. The leader reads the cache headers (a hit skips decoding entirely, and its tensor is read
+   only for an inline answer), claims the cross-replica lease for each miss (or waits for the
+   replica that holds it), admits its images against ``max_pending_images`` (over it:
+   ``Overloaded``), decodes and preprocesses them in the thread pool, encodes them in one
+   batched forward on the encoder thread, and stores embedding and image bytes. What Redis did
+   not take is returned inline.
+
+The caller's deadline (``timeout``) bounds the call (``DeadlineExceeded``). An image whose last
+caller left (deadline, cancellation, failure) is neither encoded nor stored, and a leader none
+of whose images is wanted any more is cancelled (see ``singleflight``).
 
 Lifecycle: ``await VisionService.start(config)`` loads weights and warms up; ``close()`` stops
 the encoder thread, the pool and the Redis client.
@@ -23,14 +29,14 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from tandem.embeddings import record
 from tandem.embeddings.cache import CacheSettings, Embedding, EmbeddingCache, image_id_of, is_image_id
-from tandem.embeddings.kv import RedisStore, connect_redis
-from tandem.errors import InvalidInput, NotFound
+from tandem.embeddings.kv import RedisStore, StoreUnavailable, connect_redis
+from tandem.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, Unavailable
 from tandem.metrics import Metrics
 from tandem.models.checkpoint import resolve
 from tandem.models.fingerprint import fingerprint
@@ -39,12 +45,16 @@ from vision_service.adapters import Pixels, VisionAdapter, load_adapter
 from vision_service.config import VisionConfig
 from vision_service.domain import EncodedImage, ImageSource, VisionInfo
 from vision_service.encoder import EncoderWorker
-from vision_service.singleflight import ReplicaLease, SingleFlight
+from vision_service.singleflight import HeldLeases, ReplicaLease, SingleFlight, Wanted
+
+if TYPE_CHECKING:
+    from vlm.v1.common_pb2 import EmbeddingHeader
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 HASH_INLINE_BYTES = 1 << 20  # larger payloads are hashed off the event loop
+OVERLOADED = "the vision encoder has too many images waiting; retry later"
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,10 @@ class _Image:
 
 @dataclass(frozen=True)
 class _Outcome:
-    embedding: Embedding
+    """One image's result; ``embedding`` is None for a cache hit whose header alone was read."""
+
+    header: EmbeddingHeader
+    embedding: Embedding | None
     stored: bool
     cache_hit: bool
 
@@ -88,6 +101,7 @@ class VisionService:
         self.pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vision-preprocess")
         self.flights: SingleFlight[_Outcome] = SingleFlight()
         self.lease = ReplicaLease(cache, config.lease_seconds, config.lease_wait_seconds) if cache else None
+        self.pending_images = 0  # admitted for encoding and not finished yet
         self.encoder.start()
 
     @classmethod
@@ -129,8 +143,14 @@ class VisionService:
         if self.cache is not None:
             await self.cache.store.close()
 
-    async def encode(self, sources: Sequence[ImageSource], force_inline: bool = False) -> list[EncodedImage]:
-        """Embeddings of ``sources`` in order (references, or inline when not stored)."""
+    async def encode(
+        self, sources: Sequence[ImageSource], force_inline: bool = False, timeout: float | None = None
+    ) -> list[EncodedImage]:
+        """Embeddings of ``sources`` in order (references, or inline when not stored).
+
+        ``timeout``: seconds the caller still waits (None = no deadline); ``DeadlineExceeded``
+        after that, with the work nobody else waits for dropped.
+        """
         if not sources:
             raise InvalidInput("no images to encode; send at least one")
         if len(sources) > self.config.max_images_per_request:
@@ -138,15 +158,20 @@ class VisionService:
                 f"{len(sources)} images; at most {self.config.max_images_per_request} per call"
             )
         try:
-            images = await asyncio.gather(*(self._resolve(s) for s in sources))
-            by_id = {image.image_id: image for image in images}
-            futures = self.flights.join(list(by_id), lambda ids: self._lead([by_id[i] for i in ids]))
-            outcomes = await asyncio.gather(*map(asyncio.shield, futures))
+            async with asyncio.timeout(timeout):
+                images = await asyncio.gather(*(self._resolve(s) for s in sources))
+                by_id = {image.image_id: image for image in images}
+                outcomes = await self.flights.run(
+                    list(by_id), lambda ids, wanted: self._lead([by_id[i] for i in ids], wanted)
+                )
+                outcome_of = dict(zip(by_id, outcomes, strict=True))
+                return [await self._result(outcome_of[image.image_id], force_inline) for image in images]
         except InvalidInput:
             self.metrics.inc("requests_rejected")
             raise
-        outcome_of = dict(zip(by_id, outcomes, strict=True))
-        return [self._result(outcome_of[image.image_id], force_inline) for image in images]
+        except TimeoutError:
+            self.metrics.inc("requests_timed_out")
+            raise DeadlineExceeded("the deadline passed before the images were encoded") from None
 
     async def _resolve(self, source: ImageSource) -> _Image:
         if source.data is not None:
@@ -160,69 +185,108 @@ class VisionService:
         image_id = source.image_id
         if not is_image_id(image_id):
             raise InvalidInput("image_id must be 64 lowercase hex digits, as returned by an earlier call")
-        stored = await self.cache.get_image_bytes(image_id) if self.cache is not None else None
+        try:
+            stored = await self.cache.get_image_bytes(image_id, strict=True) if self.cache else None
+        except StoreUnavailable:
+            raise Unavailable(
+                "the image store is unreachable; send the image bytes instead or retry"
+            ) from None
         if stored is None:
             raise NotFound(f"unknown image_id {image_id[:12]}...; send the image bytes again")
         return _Image(image_id, stored, media.sniff(stored, source.media_type, self.limits), from_store=True)
 
-    def _result(self, outcome: _Outcome, force_inline: bool) -> EncodedImage:
-        header = outcome.embedding.header
-        inline = outcome.embedding.to_record() if force_inline or not outcome.stored else b""
+    async def _result(self, outcome: _Outcome, force_inline: bool) -> EncodedImage:
+        header, inline = outcome.header, b""
+        if force_inline or not outcome.stored:
+            inline = (outcome.embedding or await self._read_whole(header.image_id)).to_record()
         return EncodedImage(
             header.image_id, header.num_tokens, tuple(header.grid_thw), inline, outcome.cache_hit
         )
 
-    async def _lead(self, images: list[_Image]) -> dict[str, _Outcome | Exception]:
+    async def _read_whole(self, image_id: str) -> Embedding:
+        """The whole embedding of a hit whose header alone was read (for an inline answer)."""
+        embedding = await self.cache.get(image_id) if self.cache is not None else None
+        if embedding is None:
+            raise Unavailable("the cached embedding could not be read; retry")
+        return embedding
+
+    async def _lead(self, images: list[_Image], wanted: Wanted) -> dict[str, _Outcome | Exception]:
         """Results for images no one in this process is computing yet."""
-        results: dict[str, _Outcome | Exception] = {}
-        if self.cache is None or self.lease is None:
-            results.update(await self._compute(images, leased=set()))
-            return results
-        cached = await asyncio.gather(*(self.cache.get(image.image_id) for image in images))
-        misses = [image for image, hit in zip(images, cached, strict=True) if hit is None]
-        results.update({e.header.image_id: _Outcome(e, True, True) for e in cached if e is not None})
-        claims = await asyncio.gather(*(self.lease.claim(image.image_id) for image in misses))
-        mine = [image for image, claimed in zip(misses, claims, strict=True) if claimed]
-        theirs = [image for image, claimed in zip(misses, claims, strict=True) if not claimed]
-        computed, *waited = await asyncio.gather(
-            self._compute(mine, leased={i.image_id for i in mine}),
-            *(self._await_replica(self.lease, i) for i in theirs),
-        )
-        results.update(computed)
-        for part in waited:
+        held = HeldLeases(self.lease)
+        if self.cache is None:
+            return await self._compute(images, wanted, held)
+        headers = await asyncio.gather(*(self.cache.get_header(image.image_id) for image in images))
+        results: dict[str, _Outcome | Exception] = {
+            h.image_id: _Outcome(h, None, True, True) for h in headers if h is not None
+        }
+        misses = [i for i, hit in zip(images, headers, strict=True) if hit is None and wanted(i.image_id)]
+        try:
+            claims = await asyncio.gather(*(held.claim(i.image_id) for i in misses))
+            mine = [image for image, claimed in zip(misses, claims, strict=True) if claimed]
+            theirs = [image for image, claimed in zip(misses, claims, strict=True) if not claimed]
+            parts = await asyncio.gather(
+                self._compute(mine, wanted, held), *(self._await_replica(i, wanted, held) for i in theirs)
+            )
+        finally:
+            await held.release()
+        for part in parts:
             results.update(part)
         return results
 
-    async def _await_replica(self, lease: ReplicaLease, image: _Image) -> dict[str, _Outcome | Exception]:
+    async def _await_replica(
+        self, image: _Image, wanted: Wanted, held: HeldLeases
+    ) -> dict[str, _Outcome | Exception]:
         """Another replica holds the lease: take its result, or encode here if it never comes."""
-        embedding, claimed = await lease.wait(image.image_id)
+        embedding = await held.wait(image.image_id)
         if embedding is not None:
-            return {image.image_id: _Outcome(embedding, True, True)}
-        return await self._compute([image], leased={image.image_id} if claimed else set())
+            return {image.image_id: _Outcome(embedding.header, embedding, True, True)}
+        return await self._compute([image], wanted, held)
 
-    async def _compute(self, images: list[_Image], leased: set[str]) -> dict[str, _Outcome | Exception]:
-        """Decode, preprocess, encode in one forward, and store; per-image errors are returned."""
+    async def _compute(
+        self, images: list[_Image], wanted: Wanted, held: HeldLeases
+    ) -> dict[str, _Outcome | Exception]:
+        """Encode and store the wanted ``images``, then release their leases."""
+        try:
+            return await self._admitted([i for i in images if wanted(i.image_id)], wanted)
+        finally:
+            await held.release([i.image_id for i in images])
+
+    async def _admitted(self, images: list[_Image], wanted: Wanted) -> dict[str, _Outcome | Exception]:
+        """``_encode_and_store`` within ``max_pending_images``; over it every image is refused."""
         if not images:
             return {}
+        if self.pending_images + len(images) > self.config.max_pending_images:
+            self.metrics.inc("images_refused", len(images))
+            return {i.image_id: Overloaded(OVERLOADED) for i in images}
+        self.pending_images += len(images)
         try:
-            prepared = await asyncio.gather(
-                *(self._in_pool(self._prepare, i) for i in images), return_exceptions=True
-            )
-            results: dict[str, _Outcome | Exception] = {
-                i.image_id: p for i, p in zip(images, prepared, strict=True) if isinstance(p, Exception)
-            }
-            good = [(i, p) for i, p in zip(images, prepared, strict=True) if isinstance(p, Pixels)]
-            features = await self.encoder.encode([p for _, p in good])
-            embeddings = [self._embedding(i, p, f) for (i, p), f in zip(good, features, strict=True)]
-            stored = await asyncio.gather(
-                *(self._store(i, e) for (i, _), e in zip(good, embeddings, strict=True))
-            )
-            for (image, _), embedding, ok in zip(good, embeddings, stored, strict=True):
-                results[image.image_id] = _Outcome(embedding, ok, False)
-            return results
+            return await self._encode_and_store(images, wanted)
         finally:
-            if self.lease is not None and leased:
-                await asyncio.gather(*(self.lease.release(i) for i in leased))
+            self.pending_images -= len(images)
+
+    async def _encode_and_store(
+        self, images: list[_Image], wanted: Wanted
+    ) -> dict[str, _Outcome | Exception]:
+        """Decode, preprocess, encode in one forward, and store; per-image errors are returned."""
+        prepared = await asyncio.gather(
+            *(self._in_pool(self._prepare, i) for i in images), return_exceptions=True
+        )
+        results: dict[str, _Outcome | Exception] = {
+            i.image_id: p for i, p in zip(images, prepared, strict=True) if isinstance(p, Exception)
+        }
+        good = [
+            (i, p)
+            for i, p in zip(images, prepared, strict=True)
+            if isinstance(p, Pixels) and wanted(i.image_id)
+        ]
+        features = await self.encoder.encode([p for _, p in good])
+        embeddings = [self._embedding(i, p, f) for (i, p), f in zip(good, features, strict=True)]
+        stored = await asyncio.gather(
+            *(self._store(i, e, wanted) for (i, _), e in zip(good, embeddings, strict=True))
+        )
+        for (image, _), embedding, ok in zip(good, embeddings, stored, strict=True):
+            results[image.image_id] = _Outcome(embedding.header, embedding, ok, False)
+        return results
 
     def _prepare(self, image: _Image) -> Pixels:
         """Decode + normalise + preprocess one image (runs in the pool)."""
@@ -241,8 +305,9 @@ class VisionService:
         )
         return Embedding(header, features)
 
-    async def _store(self, image: _Image, embedding: Embedding) -> bool:
-        if self.cache is None:
+    async def _store(self, image: _Image, embedding: Embedding, wanted: Wanted) -> bool:
+        """Write embedding (and new image bytes) unless nobody waits for it any more."""
+        if self.cache is None or not wanted(image.image_id):
             return False
         if image.from_store:
             return await self.cache.put(embedding)

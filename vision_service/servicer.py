@@ -66,7 +66,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     async def Encode(
         self, request: vision_pb2.EncodeRequest, context: aio.ServicerContext
     ) -> vision_pb2.EncodeResponse:
-        results = await self.service.encode([source_from_pb(i) for i in request.images], request.force_inline)
+        sources = [source_from_pb(i) for i in request.images]
+        results = await self.service.encode(sources, request.force_inline, context.time_remaining())
         return vision_pb2.EncodeResponse(images=[encoded_to_pb(r) for r in results])
 
     async def GetVisionInfo(

@@ -9,26 +9,34 @@ Keys (``prefix`` defaults to ``tandem``):
   evicted embedding can be recomputed between turns.
 - ``{prefix}:lease:{fingerprint}:{image_id}`` -> the replica currently encoding that image.
 
-``image_id`` is the sha256 of the bytes received, computed by the service. A value that fails
-validation is deleted, counted (``cache_bad_values``) and reported as a miss. An unreachable
+``image_id`` is the sha256 of the bytes received, computed by the service. ``get`` reads and
+validates a whole value; ``get_header`` reads only its first bytes and lengths (to report a hit
+without moving the tensor). A value that fails validation is deleted, counted
+(``cache_bad_values``) and reported as a miss. An unreachable
 store is also a miss (``cache_unavailable``): callers compute instead of failing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+from vlm.v1 import common_pb2
 
 from tandem.embeddings import record
 from tandem.embeddings.kv import KeyValueStore, StoreUnavailable
 from tandem.metrics import Metrics
-from vlm.v1 import common_pb2
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_CHUNKS = 1024
 
 
 def image_id_of(data: bytes) -> str:
@@ -121,12 +129,22 @@ class EmbeddingCache:
     async def get(self, image_id: str, num_tokens: int | None = None) -> Embedding | None:
         """The cached embedding, or None on a miss, a bad value or an unreachable store."""
         key = self.key(image_id)
+        return await self._lookup(image_id, key, self._read(key, self.expected(image_id, num_tokens)))
+
+    async def get_header(self, image_id: str) -> common_pb2.EmbeddingHeader | None:
+        """The cached embedding's header without reading its tensor; None as for ``get``.
+
+        Checked as far as the header and the stored lengths allow (layout, fingerprint, image id,
+        dtype, shape, hidden size, data length with every chunk); a bad value is deleted and
+        counted as in ``get``. Whoever uses the tensor reads and validates it whole (``get``).
+        """
+        key = self.key(image_id)
+        return await self._lookup(image_id, key, self._read_header(key, self.expected(image_id)))
+
+    async def _lookup(self, image_id: str, key: str, read: Awaitable[T | None]) -> T | None:
+        """``read``'s result, counted; a bad value is deleted; an unreachable store is a miss."""
         try:
-            (value,) = await self.store.get_many([key])
-            if value is None:
-                self.metrics.inc("cache_misses")
-                return None
-            embedding = await self._assemble(key, value, self.expected(image_id, num_tokens))
+            found = await read
         except StoreUnavailable:
             self.metrics.inc("cache_unavailable")
             return None
@@ -135,27 +153,39 @@ class EmbeddingCache:
             self.metrics.inc("cache_bad_values")
             await self._forget(key)
             return None
-        self.metrics.inc("cache_hits")
-        return embedding
+        self.metrics.inc("cache_misses" if found is None else "cache_hits")
+        return found
 
-    async def _assemble(self, key: str, value: bytes, expected: record.Expected) -> Embedding:
+    async def _read(self, key: str, expected: record.Expected) -> Embedding | None:
+        (value,) = await self.store.get_many([key])
+        if value is None:
+            return None
         header, first = record.split(value)
-        if header.num_chunks > 1024:
-            raise record.BadRecord("too many chunks")
         data: bytes | memoryview = first
-        if header.num_chunks:
-            rest = await self.store.get_many([f"{key}:{i}" for i in range(1, header.num_chunks + 1)])
+        if _chunks(header):
+            rest = await self.store.get_many(_chunk_keys(key, header.num_chunks))
             if any(part is None for part in rest):
                 raise record.BadRecord("missing chunk")
             data = b"".join([first, *(part for part in rest if part is not None)])
         record.validate(header, len(data), expected)
         return Embedding(header, record.to_tensor(header, data))
 
+    async def _read_header(self, key: str, expected: record.Expected) -> common_pb2.EmbeddingHeader | None:
+        ((head, length),) = await self.store.peek([key], record.HEADER_BYTES)
+        if head is None:
+            return None
+        header, data_length = record.read_header(head, length)
+        if _chunks(header):
+            parts = await self.store.peek(_chunk_keys(key, header.num_chunks), 1)
+            if any(part is None for part, _ in parts):
+                raise record.BadRecord("missing chunk")
+            data_length += sum(size for _, size in parts)
+        record.validate(header, data_length, expected)
+        return header
+
     async def _forget(self, key: str) -> None:
-        try:
+        with contextlib.suppress(StoreUnavailable):
             await self.store.delete(key)
-        except StoreUnavailable:
-            pass
 
     async def put(self, embedding: Embedding) -> bool:
         """Store an embedding (chunked when large); False when the store is unreachable."""
@@ -175,12 +205,18 @@ class EmbeddingCache:
             return False
         return True
 
-    async def get_image_bytes(self, image_id: str) -> bytes | None:
-        """Original bytes of an image sent earlier, or None (unknown, expired or store down)."""
+    async def get_image_bytes(self, image_id: str, *, strict: bool = False) -> bytes | None:
+        """Original bytes of an image sent earlier, or None (unknown, expired or store down).
+
+        ``strict``: an unreachable store raises ``StoreUnavailable`` instead of returning None,
+        so callers can tell "unknown image" from "cannot look it up now".
+        """
         try:
             (value,) = await self.store.get_many([self.image_key(image_id)])
         except StoreUnavailable:
             self.metrics.inc("cache_unavailable")
+            if strict:
+                raise
             return None
         if value is not None and image_id_of(value) != image_id:
             self.metrics.inc("cache_bad_values")
@@ -205,6 +241,16 @@ class EmbeddingCache:
 
     async def release_lease(self, image_id: str) -> None:
         await self._forget(self.lease_key(image_id))
+
+
+def _chunks(header: common_pb2.EmbeddingHeader) -> int:
+    if header.num_chunks > MAX_CHUNKS:
+        raise record.BadRecord("too many chunks")
+    return header.num_chunks
+
+
+def _chunk_keys(key: str, num_chunks: int) -> list[str]:
+    return [f"{key}:{i}" for i in range(1, num_chunks + 1)]
 
 
 def chunk_count(num_bytes: int, chunk_bytes: int) -> int:

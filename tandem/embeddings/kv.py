@@ -31,6 +31,10 @@ class KeyValueStore(Protocol):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
+    async def peek(self, keys: Sequence[str], size: int) -> list[tuple[bytes | None, int]]:
+        """The first ``size`` (>= 1) bytes and the full length of each value; (None, 0) if absent."""
+        ...
+
     async def put_many(self, items: Sequence[tuple[str, bytes | memoryview]], ttl_seconds: int) -> None: ...
 
     async def delete(self, *keys: str) -> None: ...
@@ -76,6 +80,21 @@ class RedisStore:
         if not keys:
             return []
         return await self._run("get", lambda: self.client.mget(list(keys)))
+
+    async def peek(self, keys: Sequence[str], size: int) -> list[tuple[bytes | None, int]]:
+        async def read() -> list[bytes | int]:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)  # an empty value exists; a missing one does not
+                pipe.getrange(key, 0, size - 1)
+                pipe.strlen(key)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        if not keys:
+            return []
+        replies = await self._run("peek", read)
+        found = zip(replies[::3], replies[1::3], replies[2::3], strict=True)
+        return [(bytes(head), int(length)) if exists else (None, 0) for exists, head, length in found]
 
     async def put_many(self, items: Sequence[tuple[str, bytes | memoryview]], ttl_seconds: int) -> None:
         async def write() -> None:
@@ -123,6 +142,10 @@ class MemoryStore:
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._live(k) for k in keys]
+
+    async def peek(self, keys: Sequence[str], size: int) -> list[tuple[bytes | None, int]]:
+        values = [self._live(k) for k in keys]
+        return [(None, 0) if v is None else (v[:size], len(v)) for v in values]
 
     async def put_many(self, items: Sequence[tuple[str, bytes | memoryview]], ttl_seconds: int) -> None:
         for key, value in items:

@@ -13,21 +13,17 @@ the image placeholder tokens in the language model's ``inputs_embeds`` (what HF'
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 
 from tandem.models.checkpoint import load_subset
-
-_EMPTY_LOCK = threading.Lock()
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -94,32 +90,3 @@ class VisionAdapter(ABC):
         """Load ``module``'s tensors from the checkpoint (``prefixes``: checkpoint -> module)."""
         load_subset(self.path, module, prefixes, self.dtype)
         return module
-
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Create parameters on the meta device (no memory, no init), keeping buffers real.
-
-    Buffers that are not saved in checkpoints (position ids, rotary frequencies) are computed by
-    the modules' constructors and must stay real; parameters are filled by ``load_subset``. The
-    patch is process-wide while active, so it is used at start-up only (under a lock).
-    """
-    original: Callable[..., None] = torch.nn.Module.register_parameter
-
-    def register(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    with _EMPTY_LOCK:
-        torch.nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
-        try:
-            yield
-        finally:
-            torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
-
-
-def build_empty(factory: Callable[[], Any]) -> Any:
-    """``factory()`` with its parameters on the meta device (see ``parameters_on_meta``)."""
-    with parameters_on_meta():
-        return factory()

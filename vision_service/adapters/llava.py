@@ -19,7 +19,8 @@ from PIL import Image
 from transformers import AutoModel, LlavaConfig
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from vision_service.adapters.base import Pixels, VisionAdapter, build_empty
+from tandem.models.meta import build_empty
+from vision_service.adapters.base import Pixels, VisionAdapter
 
 
 class LlavaVision(torch.nn.Module):

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
-from vision_service.adapters.base import Pixels, VisionAdapter, build_empty
+from tandem.models.meta import build_empty
+from vision_service.adapters.base import Pixels, VisionAdapter
 
 
 class Qwen2VLAdapter(VisionAdapter):
