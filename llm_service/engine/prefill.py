@@ -1,0 +1,75 @@
+"""Prefill planning: which prompt positions run this step, and how they are batched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llm_service.engine.sequence import Sequence
+
+
+@dataclass(eq=False)
+class PrefillJob:
+    """A sequence whose prompt is (partly) still to be run through the model.
+
+    ``done`` prompt positions are already in ``cache`` (a reused session prefix or earlier chunks;
+    ``cache`` is None when ``done`` is 0); this step runs the next ``take`` positions.
+    """
+
+    seq: Sequence
+    cache: Any
+    done: int
+    take: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.seq.prompt_len - self.done
+
+    @property
+    def completes(self) -> bool:
+        return self.done + self.take == self.seq.prompt_len
+
+    @property
+    def whole(self) -> bool:
+        """The whole prompt runs this step from scratch: it can share a padded forward."""
+        return self.done == 0 and self.completes
+
+
+def group_by_length(jobs: list[PrefillJob], slack: float = 0.75) -> list[list[PrefillJob]]:
+    """Split whole-prompt jobs into groups of similar length (each one padded forward).
+
+    Longest first; a job joins the current group while its length is at least ``slack`` times
+    the group's longest, so padding stays under 1/slack of the real positions.
+    """
+    groups: list[list[PrefillJob]] = []
+    for job in sorted(jobs, key=lambda j: j.take, reverse=True):
+        if groups and job.take >= slack * groups[-1][0].take:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
+def padded_inputs(
+    jobs: list[PrefillJob], position_dims: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded (inputs_embeds [B, W, H], position_ids [B, W] or [3, B, W], mask [B, past + W]).
+
+    Each job contributes prompt positions ``done .. done + take``; with one job and a cache the
+    mask also covers its ``done`` cached positions.
+    """
+    width = max(job.take for job in jobs)
+    hidden = jobs[0].seq.request.inputs_embeds.shape[1]
+    embeds = torch.zeros(len(jobs), width, hidden, dtype=dtype, device=device)
+    positions = torch.zeros(position_dims, len(jobs), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(jobs), width, dtype=torch.long, device=device)
+    for row, job in enumerate(jobs):
+        request, span = job.seq.request, slice(job.done, job.done + job.take)
+        embeds[row, width - job.take :] = request.inputs_embeds[span].to(device, dtype)
+        positions[:, row, width - job.take :] = request.position_ids[:, span].to(device)
+        mask[row, width - job.take :] = 1
+    if len(jobs) == 1 and jobs[0].done:
+        mask = torch.cat([torch.ones(1, jobs[0].done, dtype=torch.long, device=device), mask], dim=1)
+    return embeds, positions[0] if position_dims == 1 else positions, mask

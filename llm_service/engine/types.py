@@ -1,0 +1,176 @@
+"""The engine's contract: what a model adapter provides, what a request carries, what comes back.
+
+Adapters (``llm_service.adapters``) implement ``LanguageModel`` and build ``EngineRequest``s;
+the servicer consumes ``TokenEvent``s. Nothing here knows about protos or model families.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class LanguageModel(Protocol):
+    """The language half of a model, as the engine drives it (one thread calls it at a time).
+
+    ``forward`` takes ``inputs_embeds`` [B, L, H], ``position_ids`` [B, L] (``position_dims`` 1)
+    or [3, B, L] (3, Qwen2-VL M-RoPE), ``attention_mask`` [B, past + L] (1 real, 0 padding) and
+    a transformers ``Cache`` (or None); it returns the logits of the last position [B, V] and the
+    updated cache. The engine keeps sequences left-padded in one batched ``DynamicCache``.
+    """
+
+    dtype: torch.dtype
+    device: torch.device
+    hidden_size: int
+    vocab_size: int
+    position_dims: int
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [L] -> embeddings [L, H] (the model's input embedding table)."""
+        ...
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values: Any | None,
+    ) -> tuple[torch.Tensor, Any]:
+        """One forward pass; returns (logits of the last position [B, V], cache)."""
+        ...
+
+    def new_cache(self) -> Any:
+        """An empty ``DynamicCache`` for this model."""
+        ...
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Per-request decoding parameters; temperature 0 means greedy (top_p/top_k then unused)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if self.max_new_tokens < 1:
+            raise ValueError(f"{self.max_new_tokens=} must be >= 1")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"{self.temperature=} must be a finite number >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{self.top_p=} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"{self.top_k=} must be >= 0 (0 disables top-k)")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError(f"{self.repetition_penalty=} must be a finite number > 0")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"{self.seed=} must be in [0, 2**63)")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise ValueError("stop_token_ids must be non-negative integers")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class EngineRequest:
+    """One generation: a prompt already merged into embeddings by the model adapter.
+
+    ``prompt_keys`` has one key per prompt position (the token id, or a negative key derived
+    from (image_id, offset) at image positions); it is what session KV reuse compares.
+    ``prompt_token_ids`` holds the token ids (placeholder id at image positions) for the
+    repetition penalty. ``position_ids`` is [position_dims, L]; the first generated token sits
+    at ``next_position`` (all dims) and each later one at +1.
+    """
+
+    request_id: str
+    prompt_keys: list[int]
+    prompt_token_ids: list[int]
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    next_position: int
+    sampling: SamplingConfig
+    image_tokens: int = 0
+    session_id: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"EngineRequest(request_id={self.request_id!r}, prompt_len={len(self.prompt_keys)}, "
+            f"image_tokens={self.image_tokens}, session={self.session_id is not None}, "
+            f"sampling={self.sampling!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token accounting of a finished request (prompt_tokens includes image and cached tokens)."""
+
+    prompt_tokens: int
+    image_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """What one engine step produced for a request: new token ids and the text now safe to show.
+
+    ``text`` may be empty (held back: an incomplete UTF-8 character or a possible stop-string
+    prefix). The last event of a request has ``finish_reason`` and ``usage`` set.
+    """
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenEvent(tokens={len(self.token_ids)}, text_len={len(self.text)}, "
+            f"finish_reason={self.finish_reason!r}, usage={self.usage!r})"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """Scheduler limits.
+
+    ``max_batch_size`` sequences decode together; at most ``max_queue`` wait for a slot (more is
+    ``Overloaded``); prompt + max_new_tokens must fit ``context_length``; at most
+    ``max_prefill_tokens`` prompt positions are prefilled between two decode steps (a longer
+    prompt is prefilled in chunks over several steps: this bounds the stall running streams
+    see); ``session_cache_entries`` sessions keep their last turn's KV (LRU).
+    """
+
+    context_length: int
+    max_batch_size: int = 16
+    max_queue: int = 64
+    max_prefill_tokens: int = 512
+    session_cache_entries: int = 64
+
+    def __post_init__(self) -> None:
+        if self.context_length < 2:
+            raise ValueError(f"{self.context_length=} must be >= 2")
+        if self.max_batch_size < 1:
+            raise ValueError(f"{self.max_batch_size=} must be >= 1")
+        if self.max_queue < 0:
+            raise ValueError(f"{self.max_queue=} must be >= 0")
+        if self.max_prefill_tokens < 1:
+            raise ValueError(f"{self.max_prefill_tokens=} must be >= 1")
+        if self.session_cache_entries < 0:
+            raise ValueError(f"{self.session_cache_entries=} must be >= 0 (0 disables KV reuse)")
