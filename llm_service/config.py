@@ -70,6 +70,14 @@ class LlmConfig:
             env="TANDEM_CONTEXT_LENGTH",
         ),
     )
+    max_prefill_tokens: int = field(
+        default=512,
+        metadata=opt(
+            "prompt positions prefilled between two decode steps (longer prompts are chunked); "
+            "raise it on a GPU",
+            env="TANDEM_MAX_PREFILL_TOKENS",
+        ),
+    )
     session_cache_entries: int = field(
         default=64,
         metadata=opt(
@@ -119,6 +127,8 @@ class LlmConfig:
             raise ValueError(f"{self.max_new_tokens_default=} must be >= 1")
         if self.context_length < 0:
             raise ValueError(f"{self.context_length=} must be >= 0 (0: from the model config)")
+        if self.max_prefill_tokens < 1:
+            raise ValueError(f"{self.max_prefill_tokens=} must be >= 1")
         if self.session_cache_entries < 0:
             raise ValueError(f"{self.session_cache_entries=} must be >= 0")
         if self.redis_timeout_seconds <= 0:

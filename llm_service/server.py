@@ -51,6 +51,7 @@ def build_worker(
         context_length=info.context_length,
         max_batch_size=config.max_batch_size,
         max_queue=config.max_queue,
+        max_prefill_tokens=config.max_prefill_tokens,
         session_cache_entries=config.session_cache_entries,
     )
     engine = Engine(model, loaded.tokenizer, engine_config, loaded.eos_token_ids, metrics)
