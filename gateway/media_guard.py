@@ -10,18 +10,18 @@ from the bytes it kept and answers NOT_FOUND for unknown ones. Every refusal is
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.budget import ByteBudget
-from gateway.datauri import decoded_size, is_data_uri, parse_data_uri
+from gateway.datauri import DataUri, decoded_size, is_data_uri, parse_data_uri
 from gateway.deadline import Deadline
 from gateway.fetch import UrlFetcher
 from gateway.messages import ImageInput, ImageSource
+from tandem.embeddings.ids import is_image_id
 from tandem.errors import InvalidInput
 
-_IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # sha256 hex, as ``tandem.embeddings.cache.image_id_of``
+_INLINE_DECODE_CHARS = 1 << 20  # larger data: URIs are decoded in a thread
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,11 @@ class MediaGuard:
         if source.data:
             return ImageInput(data=source.data, media_type=source.media_type)
         if source.image_id:
-            if not _IMAGE_ID.fullmatch(source.image_id):
+            if not is_image_id(source.image_id):
                 raise InvalidInput("an image_id must be the 64-hex-digit id a previous response returned")
             return ImageInput(image_id=source.image_id)
         if is_data_uri(source.url):
-            uri = parse_data_uri(source.url, self.limits.max_image_bytes)
+            uri = await _parse_data_uri(source.url, self.limits.max_image_bytes)
             return ImageInput(data=uri.data, media_type=uri.media_type)
         if source.url:
             data = await self.fetcher.fetch(source.url, self.limits.max_image_bytes, budget, deadline)
@@ -92,3 +92,10 @@ class MediaGuard:
                 raise InvalidInput("the image URL returned an empty body")
             return ImageInput(data=data)
         raise InvalidInput("an image part has no source: set data, url or image_id")
+
+
+async def _parse_data_uri(url: str, max_bytes: int) -> DataUri:
+    """``parse_data_uri``; a large payload is base64-decoded off the event loop."""
+    if len(url) <= _INLINE_DECODE_CHARS:
+        return parse_data_uri(url, max_bytes)
+    return await asyncio.to_thread(parse_data_uri, url, max_bytes)

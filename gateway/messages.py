@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tandem.models.info import ModelInfo as ModelInfo  # shared with the language service
+
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -119,14 +121,3 @@ class Chunk:
 
     def __repr__(self) -> str:
         return f"Chunk(chars={len(self.text)}, tokens={len(self.token_ids)}, finish={self.finish_reason})"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the deployment serves, as the language service reports it."""
-
-    model: str
-    architecture: str
-    is_vlm: bool
-    fingerprint: str
-    context_length: int

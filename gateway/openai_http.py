@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import ssl
 import time
@@ -30,7 +29,7 @@ from aiohttp import web
 
 from gateway.deadline import Deadline
 from gateway.messages import Chunk, Usage
-from gateway.openai_request import ChatCompletionRequest, InvalidRequest, parse_chat_completion
+from gateway.openai_request import ChatCompletionRequest, parse_chat_completion, parse_json
 from gateway.openai_response import Completion, error_body, error_for, sse
 from gateway.openai_sessions import SessionRoutes
 from gateway.service import Gateway
@@ -189,10 +188,7 @@ class OpenAIHttpServer:
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _parse(self, request: web.Request) -> ChatCompletionRequest:
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, RecursionError):
-            raise InvalidRequest("the request body is not valid JSON") from None
+        body = await parse_json(await request.read())
         parsed = parse_chat_completion(body, request.headers.get(SESSION_HEADER))
         if parsed.model not in self._model_ids():
             raise NotFound(f"unknown model {parsed.model[:200]!r}; GET /v1/models lists the served one")

@@ -13,6 +13,8 @@ dropped. Unknown fields are ignored. Every refusal is ``InvalidRequest`` naming 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ _ROLES: dict[str, Role] = {
     "assistant": "assistant",
 }
 _MAX_STOP = 16
+_INLINE_PARSE_BYTES = 1 << 20  # larger bodies (base64 images) are parsed in a thread
 _MAX_SEED = 2**64 - 1
 _REFUSED_IF_SET = {
     "tools": "tool calling is not supported",
@@ -183,6 +186,16 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise InvalidRequest("only response_format {'type': 'text'} is supported", "response_format")
+
+
+async def parse_json(raw: bytes) -> Any:
+    """A request body's JSON value; ``InvalidRequest`` when it is not JSON (or nested too deep)."""
+    try:
+        if len(raw) <= _INLINE_PARSE_BYTES:
+            return json.loads(raw)
+        return await asyncio.to_thread(json.loads, raw)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("the request body is not valid JSON") from None
 
 
 def parse_chat_completion(body: Any, session_header: str | None = None) -> ChatCompletionRequest:

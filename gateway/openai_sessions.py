@@ -9,13 +9,12 @@ user turn and the gateway keeps the history, as ``GatewayService.Chat`` does.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from gateway.messages import ImageRef, Message
-from gateway.openai_request import InvalidRequest
+from gateway.openai_request import InvalidRequest, parse_json
 from gateway.service import Gateway
 from gateway.sessions import SessionState
 
@@ -44,10 +43,7 @@ def session_json(state: SessionState) -> dict[str, Any]:
 
 async def _options(request: web.Request) -> tuple[str, int]:
     raw = await request.read()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
+    body = await parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     prompt = body.get("system_prompt") or ""

@@ -48,10 +48,11 @@ class Gateway:
         if not parts:
             raise InvalidInput("the turn is empty; send at least one text or image part")
         deadline = deadline.capped(self.max_request_seconds)
-        done = (await self.sessions.get(session_id)).find_turn(request_id)
-        if done is not None:
-            yield done.replay()
-            return
+        if request_id:  # a retry of a committed turn is answered without waiting for the lock
+            done = (await self.sessions.get(session_id)).find_turn(request_id)
+            if done is not None:
+                yield done.replay()
+                return
         async with self.sessions.turn(session_id) as turn:
             done = turn.state.find_turn(request_id)
             if done is not None:

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -36,21 +35,14 @@ from llm_service.prompt import PromptBuilder
 from tandem.embeddings import record
 from tandem.embeddings.cache import Embedding
 from tandem.errors import DeadlineExceeded, InvalidInput
+from tandem.models.info import ModelInfo as ModelInfo  # what GetLanguageInfo reports
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEY_BITS = 96  # of the sha256 image id: collisions stay out of reach of a chosen-image search
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What GetLanguageInfo reports."""
-
-    model: str
-    architecture: str
-    is_vlm: bool
-    fingerprint: str
-    context_length: int
+# No tokenizer averages this many characters per token: longer text cannot fit the context, and is
+# refused before it costs a render and a tokenisation.
+MAX_CHARS_PER_TOKEN = 256
 
 
 def image_key(image_id: str, offset: int) -> int:
@@ -134,6 +126,7 @@ class LanguageWorker:
 
     async def prepare(self, request: GenerationRequest) -> EngineRequest:
         """The engine request of a conversation (prompt, embeddings, positions, sampling)."""
+        self._check_text_size(request)
         images = all_images(request.messages)
         image_tokens = sum(image.num_tokens for image in images)
         if image_tokens >= self.info.context_length:
@@ -154,6 +147,14 @@ class LanguageWorker:
             request.request_id, len(layout.token_ids), image_tokens, len(images), sampling.max_new_tokens,
         )  # fmt: skip
         return await asyncio.to_thread(self._assemble, request, layout, embeddings, sampling)
+
+    def _check_text_size(self, request: GenerationRequest) -> None:
+        chars = sum(len(p.text) for m in request.messages for p in m.parts if isinstance(p, TextPart))
+        if chars > MAX_CHARS_PER_TOKEN * self.info.context_length:
+            raise InvalidInput(
+                f"the messages hold {chars} characters of text, far more than the context length "
+                f"({self.info.context_length} tokens) can take"
+            )
 
     def _layout(self, request: GenerationRequest, images: Sequence[ImageInput]) -> PromptLayout:
         return self.adapter.layout(self.prompts.build(request.messages), images)

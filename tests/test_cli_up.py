@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -82,9 +81,6 @@ def test_worker_flags_are_accepted_by_the_workers(
         assert config.cache_prefix == "shared"  # type: ignore[attr-defined]  # passed as a flag to every service
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("gateway.config") is None, reason="gateway.config not written yet"
-)
 @pytest.mark.parametrize("vision", [True, False])
 def test_gateway_flags_are_accepted_by_the_gateway(tmp_path: Path, vision: bool) -> None:
     args = up_args("--grpc-port", "0", "--host", "0.0.0.0")

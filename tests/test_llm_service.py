@@ -140,6 +140,17 @@ async def test_corrupt_cached_value_is_deleted_and_not_found(llava: Served) -> N
     assert await cache.store.get_many([cache.key(image_id)]) == [None]
 
 
+async def test_text_far_over_the_context_is_refused_before_tokenising(small_context: Served) -> None:
+    worker = small_context.app.current()
+    huge = "word " * (worker.info.context_length * 256 // 5 + 1)  # just over 256 chars per token
+    started = time.perf_counter()
+    with pytest.raises(aio.AioRpcError) as info:
+        await collect(small_context.stub, text_request(huge))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "characters of text" in (info.value.details() or "")
+    assert time.perf_counter() - started < 5.0
+
+
 async def test_default_max_new_tokens_is_clamped_to_the_context(small_context: Served) -> None:
     chunks = await collect(small_context.stub, text_request(max_new_tokens=0))
     usage = chunks[-1].usage

@@ -312,6 +312,13 @@ async def test_data_uri_is_decoded(origin: Origin) -> None:
     assert image.data == PNG and image.media_type == "image/png"
 
 
+async def test_large_data_uri_is_decoded_in_a_thread(origin: Origin) -> None:
+    data = PNG + bytes(range(256)) * (8 * 1024)  # 2 MiB: over the inline-decode threshold
+    limits = MediaLimits(max_images=1, max_image_bytes=4 * 1024 * 1024, max_request_bytes=4 * 1024 * 1024)
+    (image,) = await make_guard(origin, limits=limits).resolve([ImageSource(url=data_uri(data))], Deadline())
+    assert image.data == data and image.media_type == "image/png"
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [

@@ -265,3 +265,13 @@ async def test_tls_listener(tmp_path: Path) -> None:
             assert r.status == 200
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/sessions"])
+@pytest.mark.parametrize("raw", [b"{not json", b"[" * 20000 + b"]" * 20000])
+async def test_malformed_or_deeply_nested_json_is_a_400(
+    served: tuple[FakeGateway, str], path: str, raw: bytes
+) -> None:
+    async with aiohttp.ClientSession() as http, http.post(f"{served[1]}{path}", data=raw) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["message"] == "the request body is not valid JSON"

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 from tandem.embeddings import record
-from tandem.embeddings.cache import CacheSettings, Embedding, EmbeddingCache, image_id_of, is_image_id
+from tandem.embeddings.cache import CacheSettings, Embedding, EmbeddingCache
+from tandem.embeddings.ids import image_id_of_async, is_image_id
 from tandem.embeddings.kv import RedisStore, StoreUnavailable, connect_redis
 from tandem.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, Unavailable
 from tandem.metrics import Metrics
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-HASH_INLINE_BYTES = 1 << 20  # larger payloads are hashed off the event loop
 OVERLOADED = "the vision encoder has too many images waiting; retry later"
 
 
@@ -176,10 +176,7 @@ class VisionService:
     async def _resolve(self, source: ImageSource) -> _Image:
         if source.data is not None:
             fmt = media.sniff(source.data, source.media_type, self.limits)
-            data = source.data
-            small = len(data) <= HASH_INLINE_BYTES
-            image_id = image_id_of(data) if small else await asyncio.to_thread(image_id_of, data)
-            return _Image(image_id, data, fmt, from_store=False)
+            return _Image(await image_id_of_async(source.data), source.data, fmt, from_store=False)
         if source.image_id is None:
             raise InvalidInput("each image needs its bytes (data) or an image_id from an earlier call")
         image_id = source.image_id

@@ -108,10 +108,13 @@ class AsyncPipeline:
             raise InvalidArgument(f"{len(configs)} gen_configs for {count} prompts")
         return configs
 
-    def _requests(self, prompts: object, gen_config: GenConfigs) -> list[gateway_pb2.GenerateRequest]:
+    async def _requests(self, prompts: object, gen_config: GenConfigs) -> list[gateway_pb2.GenerateRequest]:
+        """The requests of ``prompts``, built in a thread: image files are read and PIL images encoded."""
         items = list(prompts) if is_batch(prompts) else [prompts]  # type: ignore[call-overload]
         configs = self._configs(gen_config, len(items))
-        return [build_generate_request(p, c) for p, c in zip(items, configs, strict=True)]
+        return await asyncio.to_thread(
+            lambda: [build_generate_request(p, c) for p, c in zip(items, configs, strict=True)]
+        )
 
     async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -158,7 +161,7 @@ class AsyncPipeline:
         self, prompts: Any, gen_config: GenConfigs = None, *, timeout: float | None = None
     ) -> Response | list[Response]:
         """Answer one prompt (-> ``Response``) or a batch (a list -> answers in prompt order)."""
-        requests = self._requests(prompts, gen_config)
+        requests = await self._requests(prompts, gen_config)
         tasks = [asyncio.ensure_future(self._collect(r, i, timeout)) for i, r in enumerate(requests)]
         try:
             answers = list(await asyncio.gather(*tasks))
@@ -173,7 +176,7 @@ class AsyncPipeline:
         self, prompts: object, gen_config: GenConfigs = None, *, timeout: float | None = None
     ) -> AsyncIterator[Response]:
         """Yield chunks as they arrive; for a batch, chunks of all prompts interleave (see ``index``)."""
-        requests = self._requests(prompts, gen_config)
+        requests = await self._requests(prompts, gen_config)
         if len(requests) == 1:
             async for chunk in self._generate(requests[0], 0, timeout):
                 yield chunk
@@ -227,7 +230,9 @@ class AsyncPipeline:
     ) -> AsyncIterator[Response]:
         """Add one user turn to ``session`` and yield the answer's chunks as they arrive."""
         sid = session_id_of(session)
-        request = build_chat_request(sid, prompt, gen_config or self.gen_config, request_id)
+        request = await asyncio.to_thread(
+            build_chat_request, sid, prompt, gen_config or self.gen_config, request_id
+        )
         call = self.stub.Chat(request, **self._call_kwargs(timeout))
         async for chunk in self._chunks(call, 0, sid):
             yield chunk

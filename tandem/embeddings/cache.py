@@ -19,7 +19,6 @@ store is also a miss (``cache_unavailable``): callers compute instead of failing
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from collections.abc import Awaitable
@@ -30,6 +29,9 @@ import torch
 from vlm.v1 import common_pb2
 
 from tandem.embeddings import record
+from tandem.embeddings.ids import image_id_of as image_id_of  # re-exported for callers of this module
+from tandem.embeddings.ids import image_id_of_async
+from tandem.embeddings.ids import is_image_id as is_image_id
 from tandem.embeddings.kv import KeyValueStore, StoreUnavailable
 from tandem.metrics import Metrics
 
@@ -37,16 +39,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_CHUNKS = 1024
-
-
-def image_id_of(data: bytes) -> str:
-    """The identity of an image: sha256 hex digest of its exact bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def is_image_id(value: str) -> bool:
-    """True for a well-formed image id (64 lowercase hex digits)."""
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass(frozen=True)
@@ -218,7 +210,7 @@ class EmbeddingCache:
             if strict:
                 raise
             return None
-        if value is not None and image_id_of(value) != image_id:
+        if value is not None and await image_id_of_async(value) != image_id:
             self.metrics.inc("cache_bad_values")
             await self._forget(self.image_key(image_id))
             return None

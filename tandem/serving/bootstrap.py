@@ -160,6 +160,8 @@ async def run_until_signal(
     stopped = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if warm in done:
+        if warm.cancelled() or warm.exception() is not None:
+            stopped.cancel()  # nothing will await it: warm-up failed
         warm.result()
         await server.set_serving()
         await stopped

@@ -45,9 +45,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
-        except asyncio.CancelledError:
-            raise
-        except aio.AbortError:
+        except (asyncio.CancelledError, aio.AbortError):
             raise
         except Exception as exc:
             await _abort(context, method, exc)
@@ -64,9 +62,7 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
         try:
             async for item in behavior(request, context):
                 yield item
-        except asyncio.CancelledError:
-            raise
-        except aio.AbortError:
+        except (asyncio.CancelledError, aio.AbortError):
             raise
         except Exception as exc:
             await _abort(context, method, exc)
