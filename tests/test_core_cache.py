@@ -171,7 +171,9 @@ async def test_leases_are_exclusive_and_expire(cache: EmbeddingCache) -> None:
     image_id = image_id_of(b"leased")
     assert await cache.try_lease(image_id, "replica-a", seconds=5)
     assert not await cache.try_lease(image_id, "replica-b", seconds=5)
-    await cache.release_lease(image_id)
+    await cache.release_lease(image_id, "replica-b")  # not b's lease: it stays
+    assert not await cache.try_lease(image_id, "replica-b", seconds=5)
+    await cache.release_lease(image_id, "replica-a")
     assert await cache.try_lease(image_id, "replica-b", seconds=0.1)
     await asyncio.sleep(0.25)  # the holder died: its lease runs out
     assert await cache.try_lease(image_id, "replica-c", seconds=5)

@@ -133,7 +133,7 @@ async def test_a_replica_waits_for_the_lease_holder_and_takes_its_result(checkpo
         await asyncio.sleep(0.3)
         assert not waiting.done() and encoded(waiter) == 0
         assert await cache.put(decode_inline(good, cache.expected(image_id)))  # the holder stores ...
-        await cache.release_lease(image_id)  # ... and lets go
+        await cache.release_lease(image_id, "another-replica")  # ... and lets go
         result = await asyncio.wait_for(waiting, 5)
         assert result.cache_hit and encoded(waiter) == 0
         assert decode_inline(good, cache.expected(image_id)).features.shape[0] == result.ref.num_tokens

@@ -154,7 +154,7 @@ class ReplicaLease:
         return await self.cache.try_lease(image_id, self.owner, self.lease_seconds)
 
     async def release(self, image_id: str) -> None:
-        await self.cache.release_lease(image_id)
+        await self.cache.release_lease(image_id, self.owner)
 
     async def wait(self, image_id: str) -> tuple[Embedding | None, bool]:
         """Wait for the holder's result: (embedding, False), or (None, holds_lease) = encode here."""

@@ -231,8 +231,10 @@ class EmbeddingCache:
         except StoreUnavailable:
             return True
 
-    async def release_lease(self, image_id: str) -> None:
-        await self._forget(self.lease_key(image_id))
+    async def release_lease(self, image_id: str, owner: str) -> None:
+        """Drop our lease; a lease that expired and was taken by another replica stays theirs."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.delete_if_equal(self.lease_key(image_id), owner.encode())
 
 
 def _chunks(header: common_pb2.EmbeddingHeader) -> int:

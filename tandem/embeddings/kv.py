@@ -41,9 +41,19 @@ class KeyValueStore(Protocol):
 
     async def put_if_absent(self, key: str, value: bytes, ttl_seconds: float) -> bool: ...
 
+    async def delete_if_equal(self, key: str, value: bytes) -> bool: ...
+
     async def touch(self, keys: Sequence[str], ttl_seconds: int) -> None: ...
 
     async def close(self) -> None: ...
+
+
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def connect_redis(url: str, timeout_seconds: float = 0.5) -> aioredis.Redis:
@@ -113,6 +123,11 @@ class RedisStore:
         ms = max(1, int(ttl_seconds * 1000))
         return bool(await self._run("lease", lambda: self.client.set(key, value, px=ms, nx=True)))
 
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        """Delete ``key`` only while it still holds ``value`` (atomic, for lease owners)."""
+        deleted = await self._run("release", lambda: self.client.eval(_DELETE_IF_EQUAL, 1, key, value))
+        return bool(deleted)
+
     async def touch(self, keys: Sequence[str], ttl_seconds: int) -> None:
         async def expire() -> None:
             pipe = self.client.pipeline(transaction=False)
@@ -159,6 +174,12 @@ class MemoryStore:
         if self._live(key) is not None:
             return False
         self.data[key] = (value, time.monotonic() + ttl_seconds)
+        return True
+
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        if self._live(key) != value:
+            return False
+        del self.data[key]
         return True
 
     async def touch(self, keys: Sequence[str], ttl_seconds: int) -> None:
