@@ -163,7 +163,8 @@ class LanguageWorker:
         room = self.info.context_length - prompt_tokens
         if room < 1:
             raise InvalidInput(
-                f"the prompt has {prompt_tokens} tokens; the context length is {self.info.context_length}"
+                f"the prompt has {prompt_tokens} tokens; the context length is {self.info.context_length}; "
+                "shorten the conversation (for a long chat session, start a new session)"
             )
         sampling = request.sampling
         if request.clamp_to_context and sampling.max_new_tokens > room:

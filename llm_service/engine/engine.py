@@ -129,7 +129,8 @@ class Engine:
         if n + sampling.max_new_tokens > self.config.context_length:
             raise InvalidInput(
                 f"the prompt ({n} tokens) plus max_new_tokens ({sampling.max_new_tokens}) exceeds "
-                f"the context length ({self.config.context_length})"
+                f"the context length ({self.config.context_length}); lower max_new_tokens or shorten "
+                "the conversation"
             )
 
     def warmup(self) -> None:
