@@ -23,6 +23,7 @@ import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from vlm.v1 import (
     common_pb2,
     gateway_pb2,
@@ -658,3 +659,53 @@ async def test_health_is_not_serving_until_downstream_answers(redis_server: Loca
         await app.stop()
         if fake is not None:
             await fake.drain()
+
+
+async def test_every_public_method_needs_the_token_and_reflection_is_off(start_system: StartSystem) -> None:
+    """TESTPLAN 8: all seven methods refuse a missing or wrong token; health stays open;
+    reflection is not served on the public listener unless configured."""
+    system = await start_system(auth_token="outer")
+    good = (("authorization", "Bearer outer"),)
+    sid = str(
+        (
+            await system.stub.CreateSession(gateway_pb2.CreateSessionRequest(), metadata=good)
+        ).session.session_id
+    )
+    message = user(text("hi"))
+    calls: dict[str, Callable[[Any], Any]] = {
+        "Generate": lambda md: collect(
+            system.stub.Generate(gateway_pb2.GenerateRequest(messages=[message]), metadata=md)
+        ),
+        "CreateSession": lambda md: system.stub.CreateSession(
+            gateway_pb2.CreateSessionRequest(), metadata=md
+        ),
+        "Chat": lambda md: collect(
+            system.stub.Chat(gateway_pb2.ChatRequest(session_id=sid, parts=[text("hi")]), metadata=md)
+        ),
+        "GetSession": lambda md: system.stub.GetSession(
+            gateway_pb2.GetSessionRequest(session_id=sid), metadata=md
+        ),
+        "ListSessions": lambda md: system.stub.ListSessions(gateway_pb2.ListSessionsRequest(), metadata=md),
+        "DeleteSession": lambda md: system.stub.DeleteSession(
+            gateway_pb2.DeleteSessionRequest(session_id=sid), metadata=md
+        ),
+        "GetModelInfo": lambda md: system.stub.GetModelInfo(gateway_pb2.GetModelInfoRequest(), metadata=md),
+    }
+    assert set(calls) == set(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].methods_by_name)
+    bad = [None, (("authorization", "Bearer wrong"),), (("authorization", "outer"),), (("x-token", "outer"),)]
+    for name, call in calls.items():
+        for metadata in bad:
+            with pytest.raises(aio.AioRpcError) as refused:
+                await call(metadata)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (name, metadata)
+    assert system.vision.calls == [] and system.llm.requests == []  # nothing got past the door
+    for call in calls.values():  # the right token opens every method (DeleteSession last)
+        await call(good)
+    health = health_pb2_grpc.HealthStub(system.channel)
+    status = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    reflect = reflection_pb2_grpc.ServerReflectionStub(system.channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    for metadata in (good, None):
+        code, _ = await status_of(reflect.ServerReflectionInfo(iter([ask]), metadata=metadata))
+        assert code == (grpc.StatusCode.UNIMPLEMENTED if metadata else grpc.StatusCode.UNAUTHENTICATED)
