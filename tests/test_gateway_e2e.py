@@ -1,7 +1,8 @@
 """The whole system through the public API: real vision and language servers, real Redis,
 the gateway on port 0, tiny real HF checkpoints, and HF ``generate()`` as the oracle.
 
-Covers one and two images (bytes, data URIs, OpenAI-style messages), a three-turn session
+Covers one and two images (bytes, data URIs, OpenAI-style messages) for LLaVA and Qwen2-VL, a
+Qwen2-VL two-turn session with a new image per turn, a three-turn session
 whose third turn names the first turn's image by id while the embeddings are flushed from
 Redis and the gateway is restarted between turns, idempotent retries, deadlines and client
 cancellation reaching the language engine, and a text-only model (TESTPLAN 1, 2, 14, 23).
@@ -46,6 +47,7 @@ from tandem.testing.checkpoints import make_test_image
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 N = 10
+VLMS = ("llava", "qwen2_vl")
 ROLES = {
     "system": common_pb2.ROLE_SYSTEM,
     "user": common_pb2.ROLE_USER,
@@ -103,7 +105,7 @@ async def _start(kind: str, path: Path, redis_url: str, exits: contextlib.AsyncE
 
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     vision_addresses: tuple[str, ...] = ()
-    if kind == "llava":
+    if kind in VLMS:
         config = VisionConfig(model=str(path), redis_url=redis_url, port=0, cache_prefix=prefix)
         vision_addresses = ((await exits.enter_async_context(running_vision(config))).address,)
     llm = LanguageApp(
@@ -123,7 +125,7 @@ async def _start(kind: str, path: Path, redis_url: str, exits: contextlib.AsyncE
     )
     port = await gateway.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(64 << 20))
-    if kind == "llava":
+    if kind in VLMS:
         full, processor = (
             AutoModelForImageTextToText.from_pretrained(path),
             AutoProcessor.from_pretrained(path),
@@ -155,6 +157,13 @@ async def stacks(checkpoint, redis_server: LocalRedis) -> AsyncIterator[dict[str
         yield {
             kind: await _start(kind, checkpoint(kind), redis_server.url, exits) for kind in ("llava", "llama")
         }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def qwen2_vl(checkpoint, redis_server: LocalRedis) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+    """Qwen2-VL (M-RoPE, grid_thw) behind its own gateway, started only for its tests."""
+    async with contextlib.AsyncExitStack() as exits:
+        yield await _start("qwen2_vl", checkpoint("qwen2_vl"), redis_server.url, exits)
 
 
 def part(value: str | bytes | dict[str, str]) -> gateway_pb2.Part:
@@ -269,6 +278,42 @@ async def test_session_turns_survive_eviction_and_restart(
     assert len(session.messages) == 6
     ids = [p.image_id for m in session.messages for p in m.parts if p.WhichOneof("kind") == "image_id"]
     assert ids == [image_id, image_id]
+
+
+async def test_qwen2_vl_one_and_two_images_equal_hf(qwen2_vl: Stack) -> None:
+    one: list[tuple[str, list[Any]]] = [("user", [png(1, (112, 56)), "What is in this image?"])]
+    got = await reply(
+        qwen2_vl.stub.Generate(gateway_pb2.GenerateRequest(messages=messages(one), sampling=greedy()))
+    )
+    assert got.tokens == qwen2_vl.oracle(one)
+    assert len(got.first.image_ids) == 1 and got.last.usage.image_tokens > 0
+    a, b = png(2), png(3, (84, 112))
+    uri = "data:image/png;base64," + base64.b64encode(b).decode()
+    two = [("system", ["Answer briefly."]), ("user", [a, "Compare", {"url": uri}, "these two."])]
+    got = await reply(
+        qwen2_vl.stub.Generate(gateway_pb2.GenerateRequest(messages=messages(two), sampling=greedy()))
+    )
+    assert got.tokens == qwen2_vl.oracle(
+        [("system", ["Answer briefly."]), ("user", [a, "Compare", b, "these two."])]
+    )
+    assert len(got.first.image_ids) == 2 and len(set(got.first.image_ids)) == 2
+
+
+async def test_qwen2_vl_second_session_turn_with_a_new_image_equals_hf(qwen2_vl: Stack) -> None:
+    sid = (await qwen2_vl.stub.CreateSession(gateway_pb2.CreateSessionRequest())).session.session_id
+    history: list[tuple[str, list[Any]]] = []
+    for image, prompt in ((png(4), "Describe the picture."), (png(5, (56, 112)), "And now this one?")):
+        request = gateway_pb2.ChatRequest(
+            session_id=sid, parts=[part(image), part(prompt)], sampling=greedy()
+        )
+        got = await reply(qwen2_vl.stub.Chat(request, timeout=60))
+        history.append(("user", [image, prompt]))
+        assert got.tokens == qwen2_vl.oracle(history)
+        history.append(("assistant", [got.text]))
+    assert got.last.usage.image_tokens > 0
+    assert got.last.usage.cached_tokens > 0  # the session's replica reused turn 1's KV, image rows too
+    session = (await qwen2_vl.stub.GetSession(gateway_pb2.GetSessionRequest(session_id=sid))).session
+    assert len(session.messages) == 4
 
 
 async def test_deadline_and_cancel_reach_the_language_engine(stacks: dict[str, Stack]) -> None:
