@@ -3,7 +3,9 @@
 Lifecycle of a ``Launcher`` (what ``tandem up`` drives):
 
 1. ``spawn(spec)`` starts one service (``python -m <service> ...``) in its own process group
-   with its output in a log file; the child gets SIGTERM if the launcher dies.
+   with its output in a log file; ``TANDEM_PARENT_PID`` asks the child to take SIGTERM when the
+   launcher dies (``tandem.serving.parent``: set up inside the child after exec, because a
+   ``preexec_fn`` is unsafe to run in a forked copy of a process that has threads).
 2. ``wait_for_port(child)`` reads the port the child bound (``--port 0 --port-file``), so the
    launcher never races other programs for a port.
 3. ``wait_serving(children)`` polls the standard ``grpc.health.v1`` check of each child until it
@@ -19,7 +21,6 @@ The launcher imports neither torch nor the services: children are separate inter
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -34,7 +35,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-_PR_SET_PDEATHSIG = 1
+from tandem.serving.parent import PARENT_PID_ENV
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,6 @@ class Child:
         return ChildFailed(f"{self.name} {what}; last lines of {self.log_path}:\n{tail}")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the launcher dies (Linux only)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class Launcher:
     """Starts, watches and stops service processes; see the module docstring."""
 
@@ -116,7 +111,7 @@ class Launcher:
         """Start ``spec`` with its output in ``<log_dir>/<name>.log``."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid()), **spec.env}
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 list(spec.command),
@@ -125,7 +120,6 @@ class Launcher:
                 stderr=subprocess.STDOUT,
                 env=env,
                 process_group=0,  # Ctrl-C reaches the launcher only; it stops children in order
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child = Child(spec, process, log_path, time.monotonic(), port=spec.port)
         self.children.append(child)

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tandem.serving.auth import AuthInterceptor
 from tandem.serving.interceptor import ErrorInterceptor
+from tandem.serving.parent import follow_parent
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ async def run_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    follow_parent()
     await server.start()
     warm = asyncio.ensure_future(warmup())
     stopped = asyncio.ensure_future(stop.wait())
