@@ -4,7 +4,7 @@ The stubs are the ``vlm.v1`` modules generated from ``protos/vlm/v1/*.proto`` (i
 ``tandem`` package, or run ``grpc_tools.protoc`` on the protos in your own build); nothing else
 from Tandem is needed. Run against a live gateway::
 
-    python examples/grpc_client.py --address localhost:50051 --image cat.png
+    python examples/grpc_client.py --address localhost:50051 --image examples/shapes.png
 
 It prints the model info, streams one answer about the image, then holds a two-turn chat in a
 server-side session, reads the session's history back, and deletes the session.
@@ -46,7 +46,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--address", default="localhost:50051", help="gateway host:port")
     parser.add_argument("--image", type=Path, help="an image file to ask about")
     parser.add_argument("--prompt", default="Describe the image.", help="the question")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--followup", default="How many shapes are there?", help="the second question of the chat session"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--token", help="bearer token, when the gateway has auth on")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, seconds")
     return parser.parse_args()
@@ -88,7 +91,7 @@ def main() -> None:
             image = None
         request = gateway_pb2.GenerateRequest(messages=[user_message(args.prompt, image)], sampling=sampling)
         print(f"generate: {collect(stub.Generate(request, **call))!r}")
-        turns = [user_message(args.prompt, image), user_message("And then?", None)]
+        turns = [user_message(args.prompt, image), user_message(args.followup, None)]
         chat_in_session(stub, turns, sampling, call)
 
 
