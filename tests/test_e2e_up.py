@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,13 +37,13 @@ def _tandem(*argv: str) -> list[str]:
 class Up:
     """A running ``tandem up`` whose output lines are collected by a reader thread."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
             _tandem("up", *argv),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(),
+            env=env or _env(),
             cwd=ROOT,
         )
         self.lines: queue.Queue[str] = queue.Queue()
@@ -205,6 +206,64 @@ def test_up_exits_non_zero_with_the_log_when_a_service_fails(tmp_path: Path) -> 
     finally:
         if running.process.poll() is None:
             running.process.kill()
+        for process in family:
+            if _alive(process):
+                process.kill()
+
+
+def _readme_example() -> tuple[list[str], str]:
+    """The quick start's `tandem generate` command line (as argv) and the answer shown after it."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"```bash\n(tandem generate [^\n]+)\n```\s*```text\n([^\n]+)\n```", readme)
+    assert match, "README quick start lost its example command and answer"
+    return shlex.split(match.group(1))[1:], match.group(2)
+
+
+def test_up_serves_the_default_model_with_the_readme_answers(tmp_path: Path) -> None:
+    """No --model: the shipped default model answers the README's questions as the README says."""
+    argv, answer = _readme_example()
+    env = {name: value for name, value in _env().items() if name != "TANDEM_MODEL"}
+    running = Up(["--grpc-port", "0", "--http-port", "-1", "--log-dir", str(tmp_path / "logs")], env)
+    family = _descendants(running.process.pid)
+    try:
+        match = running.wait_for(READY, timeout=240)
+        assert "Tandem's default model" in running.drain()
+        address = f"{match.group(1)}:{match.group(2)}"
+        done = subprocess.run(
+            _tandem(argv[0], "--address", address, *argv[1:]),
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == answer
+
+        from tandem import pipeline
+
+        readme = (ROOT / "README.md").read_text()
+        with pipeline(address) as pipe:
+            colour = pipe(("What colour is the triangle?", str(ROOT / "examples" / "shapes.png"))).text
+            session = pipe.chat(("How many shapes are there?", str(ROOT / "examples" / "shapes.png")))
+            count = session.response.text
+            session = pipe.chat("Which shape is blue?", session=session)
+            where = session.response.text
+            session.close()
+        assert (colour, count, where) == (
+            "The triangle is yellow.",
+            "There are three shapes.",
+            "The blue shape is a square.",
+        )
+        assert f"# {colour}" in readme and f"# {where}" in readme
+    finally:
+        family += _descendants(running.process.pid)
+        if running.process.poll() is None:
+            running.process.send_signal(signal.SIGTERM)
+            try:
+                running.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                running.process.kill()
         for process in family:
             if _alive(process):
                 process.kill()

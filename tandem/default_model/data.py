@@ -44,11 +44,11 @@ SINGLE_KINDS: tuple[str, ...] = ("shape", "colour", "count", "position", "descri
 # Training chats: one or two images, then one to three questions about them (asked in turn, the
 # images only in the first); the kind of each question is drawn with these weights.
 SINGLE_MIX: dict[str, float] = {
-    "shape": 0.12,
-    "colour": 0.33,
-    "position": 0.3,
-    "describe": 0.12,
-    "count": 0.13,
+    "shape": 0.26,
+    "colour": 0.27,
+    "position": 0.27,
+    "describe": 0.1,
+    "count": 0.1,
 }
 TWO_MIX: dict[str, float] = {"two_image": 0.7, "two_count": 0.3}
 TWO_IMAGE_SHARE = 0.3

@@ -5,8 +5,8 @@ patches -- the quadrants of ``scenes`` -- so an image is 4 tokens) whose last la
 2-layer GELU projector, and a 4-layer Llama (hidden 160, 5 heads). About 2.5M parameters, 5 MB in
 float16. The tokenizer is Llama-2 style (Metaspace BPE with byte fallback, ``<s>``/``</s>``,
 ``<image>``, ``<pad>``) trained on the question/answer corpus of ``data``,
-so every word the model knows is a single token; the chat template is the Vicuna one of
-``tandem.testing.checkpoints``.
+so every word the model knows is a single token; the chat template is Vicuna-style with the
+question before the images (see ``CHAT_TEMPLATE``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,25 @@ from transformers import (
 
 from tandem.default_model.data import corpus
 from tandem.default_model.scenes import GRID, IMAGE_SIZE
-from tandem.testing.checkpoints import TOKENIZER_KWARGS, VICUNA_TEMPLATE
+from tandem.testing.checkpoints import TOKENIZER_KWARGS
 
 IMAGE_TOKEN = "<image>"
+# Vicuna-style turns ("USER: ... ASSISTANT: ...</s>"), but a user turn's text comes before its
+# images. In a causal model the image tokens then see the question: each can tell "I am the
+# square it asks about" by itself, and the answer only has to find the token that says so. With
+# the images first, a tiny model must match the question against every image token at the
+# answer, which it learns far more slowly (it guesses among the shapes present).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% set parts = [{'type': 'text', 'text': m['content']}] if m['content'] is string else m['content'] %}"
+    "{% set text = parts | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') %}"
+    "{% if m['role'] == 'system' %}{{ text }} "
+    "{% elif m['role'] == 'user' %}USER: {{ text }}"
+    "{% for p in parts if p['type'] == 'image' %}<image>{% endfor %}"
+    " {% else %}ASSISTANT: {{ text }}</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 PATCH = IMAGE_SIZE // GRID
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
 CHAT_LINES = ("You are a helpful assistant.", "Hello! What is in this picture?")
@@ -51,11 +67,12 @@ class Architecture:
     text_kv_heads: int = 5
     text_intermediate: int = 448
     max_positions: int = 512
+    rope_theta: float = 10000.0
 
 
 def tokenizer_corpus() -> list[str]:
     """``data.corpus()`` rendered with the chat template (``<image>`` dropped), plus a few chat lines."""
-    template = jinja2.Environment().from_string(VICUNA_TEMPLATE)
+    template = jinja2.Environment().from_string(CHAT_TEMPLATE)
     chats = [template.render(messages=chat).replace(IMAGE_TOKEN, "") for chat in corpus()]
     return [*chats, *CHAT_LINES]
 
@@ -83,7 +100,7 @@ def build_tokenizer() -> LlamaTokenizer:
     kwargs = {"add_bos_token": True, **TOKENIZER_KWARGS}
     out = LlamaTokenizer(vocab=model["vocab"], merges=merges, extra_special_tokens=[IMAGE_TOKEN], **kwargs)
     out.add_special_tokens({"pad_token": "<pad>"})
-    out.chat_template = VICUNA_TEMPLATE
+    out.chat_template = CHAT_TEMPLATE
     return out
 
 
@@ -99,7 +116,7 @@ def build_processor(tokenizer: LlamaTokenizer) -> LlavaProcessor:
         vision_feature_select_strategy="default",
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1,  # CLS, which the "default" strategy drops
-        chat_template=VICUNA_TEMPLATE,
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -122,6 +139,7 @@ def build_config(tokenizer: LlamaTokenizer, arch: Architecture) -> LlavaConfig:
         num_attention_heads=arch.text_heads,
         num_key_value_heads=arch.text_kv_heads,
         max_position_embeddings=arch.max_positions,
+        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -1,20 +1,22 @@
 """Train Tandem's default model from scratch on synthetic shapes, on the CPU, in minutes.
 
-    python -m tandem.default_model.train --out DIR [--steps 3000] [--vision-steps 2000] [--seed 0]
+    python -m tandem.default_model.train --out DIR [--steps 3000] [--vision-steps 2500] [--seed 0]
 
 Builds the tokenizer, processor and an untrained ``LlavaForConditionalGeneration`` (see
 ``model``), then trains with plain PyTorch AdamW on batches drawn on the fly from
 ``data.sample_stream(seed)``, in two phases:
 
 1. vision warm-up (``--vision-steps``): the vision tower and projector alone, with the per-patch
-   probes of ``probe`` (cheap: no language model in the loop);
+   probes of ``probe``, on batches of pictures without questions (``data`` seed + 1; cheap: no
+   language model in the loop);
 2. the full model (``--steps``): next-token loss on the assistant answers only (and their
    ``</s>``), plus the probe loss, whose weight fades to ``--aux-floor`` of itself by
    ``--aux-until`` of the phase; the vision tower learns ``--vision-lr-scale`` times slower.
 
 Both phases warm the learning rate up, the second decays it on a cosine. Progress (step, losses,
-learning rate, elapsed time, ETA) goes to stdout. One thread by default: on a busy shared
-machine two threads mostly wait for each other (``--threads`` changes it). The result is
+learning rate, elapsed time, ETA) goes to stdout. Pictures are drawn and chats tokenised in
+one background process (a ``DataLoader`` worker, so the order is fixed) while the model trains
+with one torch thread (``--threads``): on two cores that keeps both busy. The result is
 written with ``save_pretrained`` (weights in float16 safetensors, tokenizer, processor, chat
 template, generation config) plus ``training.json`` (settings and timings). The same seed and
 thread count give the same weights.
@@ -28,7 +30,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,7 @@ class TrainConfig:
     aux_weight: float = 1.0
     aux_until: float = 0.6
     aux_floor: float = 0.2
-    oracle_until: float = 0.0
+    arch: Architecture = field(default_factory=Architecture)
     seed: int = 0
     threads: int = 1
     dtype: str = "float16"
@@ -210,9 +212,6 @@ def train_full(model: Any, probe: VisionProbe, data: Iterator[Batch], config: Tr
     progress = Progress("step", config.steps, config.log_every)
     for step in range(config.steps):
         batch = next(data)
-        oracle = config.oracle_until * config.steps
-        if oracle > 0 and step < oracle:
-            probe.blend_oracle(1 - step / oracle, batch.patch_shapes, batch.patch_colours)
         loss = model(**batch.as_kwargs()).loss
         probe_loss = probe.loss(batch.patch_shapes, batch.patch_colours)
         lr = learning_rate(config.lr, config.warmup, config.steps, step)
@@ -227,8 +226,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     started, cpu_started = time.monotonic(), time.process_time()
     processor = build_processor(build_tokenizer())
-    model = build_model(processor.tokenizer, Architecture()).train()
-    probe = VisionProbe(model, processor.tokenizer)
+    model = build_model(processor.tokenizer, config.arch).train()
+    probe = VisionProbe(model)
     params = sum(p.numel() for p in model.parameters())
     print(
         f"model: {params / 1e6:.2f}M parameters; {config.vision_steps} vision warm-up steps, then "
@@ -248,8 +247,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "config": {
             f.name: str(getattr(config, f.name)) if f.name == "out" else getattr(config, f.name)
             for f in fields(config)
+            if f.name != "arch"
         },
-        "architecture": asdict(Architecture()),
+        "architecture": asdict(config.arch),
         "torch": torch.__version__,
     }
     save(model, processor, config, summary)
@@ -273,15 +273,22 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the checkpoint to")
     defaults = TrainConfig(out=Path("."))
-    for field in fields(TrainConfig):
-        if field.name not in ("out", "dtype"):
-            value = getattr(defaults, field.name)
-            flag = "--" + field.name.replace("_", "-")
+    for setting in fields(TrainConfig):
+        if setting.name not in ("out", "dtype", "arch"):
+            value = getattr(defaults, setting.name)
+            flag = "--" + setting.name.replace("_", "-")
             parser.add_argument(flag, type=type(value), default=value, help="(default: %(default)s)")
     parser.add_argument(
         "--dtype", default=defaults.dtype, choices=DTYPES, help="weight dtype of the saved model"
     )
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    sizes = parser.add_argument_group("architecture (defaults: the shipped model's)")
+    for setting in fields(Architecture):
+        value = getattr(defaults.arch, setting.name)
+        flag = "--" + setting.name.replace("_", "-")
+        sizes.add_argument(flag, type=type(value), default=value, help="(default: %(default)s)")
+    args = vars(parser.parse_args(argv))
+    arch = Architecture(**{f.name: args.pop(f.name) for f in fields(Architecture)})
+    return TrainConfig(**args, arch=arch)
 
 
 def main(argv: list[str] | None = None) -> None:
