@@ -93,6 +93,7 @@ def test_cached_embedding_answers_like_a_fresh_encode(  # type: ignore[no-untype
         for question in questions:
             _forget_embeddings(store)  # so the vision service encodes the image again
             fresh.append(ask(gateway, question, image))
+            assert _embeddings(store), "the fresh encode should have stored the embedding"
         assert _vision_says_cached(stack, image), "the last request should have cached the embedding"
         cached = [ask(gateway, question, image) for question in questions]
     finally:
@@ -105,10 +106,15 @@ def _user(text: str) -> list[dict[str, object]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
 
+def _embeddings(store: redis.Redis) -> list[bytes]:
+    return list(store.scan_iter(match=f"{PREFIX}:emb:*"))
+
+
 def _forget_embeddings(store: redis.Redis) -> None:
-    keys = list(store.scan_iter(match=f"{PREFIX}:emb:*"))
+    keys = _embeddings(store)
     if keys:
         store.delete(*keys)
+    assert not _embeddings(store)
 
 
 def _vision_says_cached(stack, image: object) -> bool:  # type: ignore[no-untyped-def]
