@@ -269,7 +269,9 @@ def save(model: Any, processor: Any, config: TrainConfig, summary: dict[str, Any
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m tandem.default_model.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the checkpoint to")
     defaults = TrainConfig(out=Path("."))
