@@ -170,16 +170,13 @@ class Progress:
         )
 
 
-def _step(
-    model: Any, optimizer: torch.optim.Optimizer, params: list[Any], loss: torch.Tensor, lr: float
-) -> None:
+def _step(optimizer: torch.optim.Optimizer, params: list[Any], loss: torch.Tensor, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("scale", 1.0)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    model.zero_grad(set_to_none=True)  # phase 1: the word embeddings the probe reads get gradients too
 
 
 def warm_up_vision(model: Any, probe: VisionProbe, data: Iterator[Pictures], config: TrainConfig) -> None:
@@ -193,7 +190,7 @@ def warm_up_vision(model: Any, probe: VisionProbe, data: Iterator[Pictures], con
         model.model.get_image_features(pixel_values=pixels)
         loss = probe.loss(shapes, colours)
         lr = learning_rate(config.vision_lr, config.warmup, config.vision_steps, step)
-        _step(model, optimizer, params, loss, lr)
+        _step(optimizer, params, loss, lr)
         progress.update(step, lr, probe=loss.item())
 
 
@@ -215,7 +212,7 @@ def train_full(model: Any, probe: VisionProbe, data: Iterator[Batch], config: Tr
         loss = model(**batch.as_kwargs()).loss
         probe_loss = probe.loss(batch.patch_shapes, batch.patch_colours)
         lr = learning_rate(config.lr, config.warmup, config.steps, step)
-        _step(model, optimizer, params, loss + aux_weight(config, step) * probe_loss, lr)
+        _step(optimizer, params, loss + aux_weight(config, step) * probe_loss, lr)
         progress.update(step, lr, loss=loss.item(), probe=probe_loss.item())
     return progress.smoothed["loss"]
 
