@@ -10,7 +10,7 @@ import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tandem.default_model.data import Message, Sample
-from tandem.default_model.scenes import patch_labels
+from tandem.default_model.scenes import Scene, patch_labels
 
 IGNORE = -100
 
@@ -100,10 +100,16 @@ class Encoder:
             labels[row, : len(ids)] = torch.tensor(target)
             mask[row, : len(ids)] = 1
         images = [image for sample in samples for image in sample.images]
-        pixels = self._images(images, return_tensors="pt")["pixel_values"]
         scenes = [scene for sample in samples for scene in sample.scenes]
+        return Batch(input_ids, mask, labels, *self.pictures(scenes, images))
+
+    def pictures(
+        self, scenes: Sequence[Scene], images: Sequence[Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pixel values, patch shape labels, patch colour labels) of drawn ``scenes``."""
+        pixels = self._images(list(images), return_tensors="pt")["pixel_values"]
         shapes, colours = zip(*(patch_labels(scene, self._grid) for scene in scenes), strict=True)
-        return Batch(input_ids, mask, labels, pixels, torch.tensor(shapes), torch.tensor(colours))
+        return pixels, torch.tensor(shapes), torch.tensor(colours)
 
 
 def _image_tokens(processor: Any) -> int:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,10 +51,7 @@ def running_tandem(model: Path, timeout: float = 600.0, log_dir: Path | None = N
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + timeout
-        while not ready.wait(0.2):
-            if time.monotonic() > deadline:
-                break
+        ready.wait(timeout)  # set on the ready line, or when the output ends (it exited)
         if not address:
             tail = "\n".join(lines[-15:])
             raise RuntimeError(f"`tandem up` did not become ready (exit code {process.poll()}):\n{tail}")

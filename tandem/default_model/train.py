@@ -40,7 +40,7 @@ from tandem.default_model.batch import Batch, Encoder
 from tandem.default_model.data import Sample, sample_stream
 from tandem.default_model.model import Architecture, build_model, build_processor, build_tokenizer
 from tandem.default_model.probe import VisionProbe
-from tandem.default_model.scenes import patch_labels, random_scene, render
+from tandem.default_model.scenes import random_scene, render
 
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -132,13 +132,10 @@ class PictureStream(torch.utils.data.IterableDataset[Pictures]):
 
     def __iter__(self) -> Iterator[Pictures]:
         rng = random.Random(self.seed)
-        grid = self.processor.image_processor.crop_size["height"] // self.processor.patch_size
+        encoder = Encoder(self.processor)
         while True:
             scenes = [random_scene(rng) for _ in range(self.size)]
-            images = [render(scene, rng.getrandbits(32)) for scene in scenes]
-            pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-            shapes, colours = zip(*(patch_labels(scene, grid) for scene in scenes), strict=True)
-            yield pixels, torch.tensor(shapes), torch.tensor(colours)
+            yield encoder.pictures(scenes, [render(scene, rng.getrandbits(32)) for scene in scenes])
 
 
 def background(dataset: torch.utils.data.IterableDataset[Any]) -> Iterator[Any]:
