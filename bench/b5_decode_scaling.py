@@ -36,7 +36,7 @@ sys.path[:0] = [
 
 from bench.common import print_table, write_result  # noqa: E402
 from llm_service.engine import Engine, EngineConfig, SamplingConfig  # noqa: E402
-from llm_service.engine.testing import CausalLMAdapter, collect, smollm2_135m_shape, text_request  # noqa: E402
+from tandem.testing.engine import CausalLMAdapter, collect, smollm2_135m_shape, text_request  # noqa: E402
 
 PROMPT, NEW = 64, 32
 STREAMS = (1, 4, 16)

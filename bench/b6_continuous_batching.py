@@ -44,7 +44,7 @@ sys.path[:0] = [
 from bench.b5_decode_scaling import word_tokenizer  # noqa: E402
 from bench.common import percentile, print_table, write_result  # noqa: E402
 from llm_service.engine import Engine, EngineConfig, SamplingConfig  # noqa: E402
-from llm_service.engine.testing import CausalLMAdapter, smollm2_135m_shape, text_request  # noqa: E402
+from tandem.testing.engine import CausalLMAdapter, smollm2_135m_shape, text_request  # noqa: E402
 
 STATIC_BATCH = 8
 TARGETS = {"vs_sequential": 3.5, "vs_static": 1.1, "ttft_p99_vs_static": 0.5}

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
 from gateway.app import GatewayApp, StartupError
 from gateway.config import GatewayConfig
-from gateway.openai_http import OpenAIHttpServer, options_from_config
-from tandem.serving.bootstrap import configure_logging, run_until_signal
+from tandem.serving.app import run_service
+from tandem.serving.bootstrap import configure_logging
 from tandem.serving.options import parse_config
 
 DESCRIPTION = """\
@@ -24,32 +23,11 @@ vision service) answered.
 log = logging.getLogger("gateway")
 
 
-async def serve(config: GatewayConfig) -> None:
-    """Run the gRPC (and optional HTTP) listeners until SIGTERM/SIGINT; drained whatever happens."""
-    app = GatewayApp(config)
-    http = OpenAIHttpServer(app.gateway, options_from_config(config)) if config.http_port >= 0 else None
-
-    async def warmup() -> None:
-        if http is not None:
-            await http.start()
-        await app.warmup()
-
-    async def shutdown() -> None:
-        if http is not None:
-            await http.stop()
-        await app.shutdown()
-
-    try:
-        await run_until_signal(app.server, warmup, shutdown)
-    finally:
-        await app.server.drain()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(GatewayConfig, argv, DESCRIPTION)
     configure_logging(config.log_level)
     try:
-        asyncio.run(serve(config))
+        run_service(lambda: GatewayApp(config))
     except StartupError as exc:
         log.error("%s", exc)
         return 2

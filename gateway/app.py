@@ -1,10 +1,11 @@
 """Wiring: a ``GatewayConfig`` becomes a ``GrpcServer`` serving ``GatewayService``.
 
-Lifecycle: ``server.start()`` listens with health NOT_SERVING; ``warmup()`` asks the language
-service for the model (and, for a VLM, checks that a vision service answers with the same
-fingerprint), retrying until they answer; the server then reports SERVING. Sessions live in
-Redis, which readiness does not depend on (a session call without Redis is UNAVAILABLE).
-``shutdown()`` closes the clients after the server has drained.
+Lifecycle (``ServiceApp``'s, the same in every service): ``server.start()`` listens with health
+NOT_SERVING; ``warmup()`` starts the optional OpenAI-compatible HTTP listener and asks the
+language service for the model (and, for a VLM, checks that a vision service answers with the
+same fingerprint), retrying until they answer; the server then reports SERVING. Sessions live
+in Redis, which readiness does not depend on (a session call without Redis is UNAVAILABLE).
+``shutdown()`` stops the HTTP listener and closes the clients after the server has drained.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from gateway.downstream import Downstream
 from gateway.fetch import Dial, FetchPolicy, Lookup, UrlFetcher, system_lookup
 from gateway.media_guard import MediaGuard, MediaLimits
 from gateway.messages import ModelInfo
+from gateway.openai_http import OpenAIHttpServer, options_from_config
 from gateway.pipeline import Pipeline
 from gateway.service import Gateway
 from gateway.servicer import GatewayServicer
 from gateway.session_redis import RedisSessionStore
 from gateway.sessions import Sessions, SessionSettings, SessionStore
 from tandem.errors import Unavailable
-from tandem.serving.bootstrap import GrpcServer, ServerOptions
+from tandem.serving.app import ServiceApp
+from tandem.serving.bootstrap import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def fetch_policy(config: GatewayConfig) -> FetchPolicy:
     )
 
 
-class GatewayApp:
+class GatewayApp(ServiceApp):
     """The gateway's parts, built from one config; ``store``/``lookup``/``dial`` are test seams."""
 
     def __init__(
@@ -80,16 +83,27 @@ class GatewayApp:
             max_ttl_seconds=config.max_session_ttl_seconds,
             lock_seconds=config.turn_lock_seconds,
         )
-        self.store = store or RedisSessionStore.connect(config.redis_url, config.cache_prefix)
+        self.store = store or RedisSessionStore.connect(
+            config.redis_url, config.cache_prefix, config.redis_timeout_seconds
+        )
         self.gateway = Gateway(self.pipeline, Sessions(self.store, settings), config.max_request_seconds)
         servicer = GatewayServicer(self.gateway)
 
         def register(server: aio.Server) -> None:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
 
-        self.server = GrpcServer(ServerOptions.from_config(config), [register], [SERVICE_NAME])
+        self.server = GrpcServer(config, [register], [SERVICE_NAME])
+        self.http = (
+            OpenAIHttpServer(self.gateway, options_from_config(config)) if config.http_port >= 0 else None
+        )
 
     async def warmup(self) -> None:
+        """Start the HTTP listener (if any), then discover the served model."""
+        if self.http is not None:
+            await self.http.start()
+        await self._wait_for_downstream()
+
+    async def _wait_for_downstream(self) -> None:
         """Discover the served model, retrying until the downstream services answer."""
         started = time.monotonic()
         limit = self.config.startup_timeout_seconds
@@ -127,21 +141,11 @@ class GatewayApp:
             )
         return info
 
-    async def start(self) -> int:
-        """Listen (NOT_SERVING), warm up and report SERVING; for tests and embedding."""
-        port = await self.server.start()
-        await self.warmup()
-        await self.server.set_serving()
-        return port
-
     async def shutdown(self) -> None:
-        """Close the downstream channels, the URL fetcher and the session store."""
+        """Stop the HTTP listener; close the downstream channels, the URL fetcher and the store."""
+        if self.http is not None:
+            await self.http.stop()
         await self.gateway.sessions.release_all()
         await self.downstream.close()
         await self.fetcher.close()
         await self.store.close()
-
-    async def stop(self) -> None:
-        """Drain the server, then shut down (the counterpart of ``start``)."""
-        await self.server.drain()
-        await self.shutdown()

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tandem.serving.options import opt
-
-_MIB = 1024 * 1024
+from tandem.serving.config import (
+    MIB,
+    RedisConfig,
+    ServerConfig,
+    ServiceConfig,
+    listen_host,
+    listen_port,
+    with_default,
+)
+from tandem.serving.options import at_least, opt
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
-    """Everything ``python -m gateway`` accepts; ``--help`` lists each field and its variable."""
+class GatewayConfig(ServiceConfig):
+    """Everything ``python -m gateway`` accepts; ``--help`` lists each field and its variable.
+
+    The listener, Redis and logging fields are ``ServiceConfig``'s; the gateway listens on
+    50051, serves no reflection on its public listener unless asked, and needs Redis (sessions).
+    """
 
     llm_addresses: tuple[str, ...] = field(
         default=("127.0.0.1:50052",),
@@ -29,14 +40,6 @@ class GatewayConfig:
             env="TANDEM_VISION_ADDRESSES",
         ),
     )
-    redis_url: str = field(
-        default="redis://127.0.0.1:6379/0",
-        metadata=opt("Redis holding the sessions (and, for the workers, the embeddings)", env="REDIS_URL"),
-    )
-    cache_prefix: str = field(
-        default="tandem",
-        metadata=opt("key prefix shared by all Tandem services in Redis", env="TANDEM_CACHE_PREFIX"),
-    )
     session_ttl_seconds: int = field(
         default=3600, metadata=opt("session inactivity TTL when a client asks for none (refreshed per turn)")
     )
@@ -51,10 +54,10 @@ class GatewayConfig:
     )
     max_images_per_request: int = field(default=8, metadata=opt("most new images in one request"))
     max_image_bytes: int = field(
-        default=16 * _MIB, metadata=opt("largest image, bytes (after base64 decoding)")
+        default=16 * MIB, metadata=opt("largest image, bytes (after base64 decoding)")
     )
     max_request_bytes: int = field(
-        default=40 * _MIB,
+        default=40 * MIB,
         metadata=opt("largest total of a request's image bytes (data, data: URIs and URLs)"),
     )
     url_fetch_timeout_seconds: float = field(
@@ -102,31 +105,6 @@ class GatewayConfig:
         default=600.0,
         metadata=opt("deadline of a request whose client set none, or a longer one; 0 = no limit"),
     )
-    log_level: str = field(default="INFO", metadata=opt("logging level", env="TANDEM_LOG_LEVEL"))
-    host: str = field(default="127.0.0.1", metadata=opt("address to listen on", env="TANDEM_GATEWAY_HOST"))
-    port: int = field(
-        default=50051, metadata=opt("gRPC port (0 picks a free one)", env="TANDEM_GATEWAY_PORT")
-    )
-    max_message_bytes: int = field(
-        default=64 * _MIB, metadata=opt("largest gRPC message, on the public listener and every internal hop")
-    )
-    grace_seconds: float = field(
-        default=10.0, metadata=opt("how long running streams may finish after SIGTERM")
-    )
-    reflection: bool = field(default=False, metadata=opt("serve gRPC reflection on the public listener"))
-    auth_token: str | None = field(
-        default=None,
-        metadata=opt("bearer token every public call must carry; unset: no auth", env="TANDEM_AUTH_TOKEN"),
-    )
-    tls_cert: str | None = field(
-        default=None, metadata=opt("PEM certificate file; enables TLS", env="TANDEM_TLS_CERT")
-    )
-    tls_key: str | None = field(
-        default=None, metadata=opt("PEM private key file for --tls-cert", env="TANDEM_TLS_KEY")
-    )
-    port_file: str | None = field(
-        default=None, metadata=opt("write the bound port to this file once listening", env="TANDEM_PORT_FILE")
-    )
     http_port: int = field(
         default=-1,
         metadata=opt(
@@ -137,21 +115,25 @@ class GatewayConfig:
     http_port_file: str | None = field(
         default=None, metadata=opt("write the bound HTTP port to this file once listening")
     )
+    host: str = listen_host(env="TANDEM_GATEWAY_HOST")
+    port: int = listen_port(50051, env="TANDEM_GATEWAY_PORT")
+    reflection: bool = with_default(ServerConfig, "reflection", False)
+    redis_url: str = with_default(RedisConfig, "redis_url", "redis://127.0.0.1:6379/0")
+    redis_timeout_seconds: float = with_default(RedisConfig, "redis_timeout_seconds", 2.0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.llm_addresses:
             raise ValueError("--llm-addresses needs at least one host:port")
-        if not self.cache_prefix:
-            raise ValueError("cache_prefix must not be empty")
-        for name in (
+        at_least(
+            self,
+            1,
             "session_ttl_seconds",
             "max_images_per_request",
             "max_image_bytes",
             "max_new_tokens_default",
             "max_images_per_encode",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        )
         if self.max_session_ttl_seconds < self.session_ttl_seconds:
             raise ValueError(f"{self.max_session_ttl_seconds=} must be >= {self.session_ttl_seconds=}")
         if not self.max_image_bytes <= self.max_request_bytes < self.max_message_bytes:

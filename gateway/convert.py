@@ -1,44 +1,32 @@
-"""Every conversion between protos and the gateway's domain values, in one place.
+"""Every conversion between protos and the gateway's own domain values, in one place.
 
 Public API messages (``gateway_pb2``) become ``gateway.messages`` values in the servicer; the
 internal ``common_pb2`` messages are built here for the downstream clients and for the stored
-``SessionRecord``. Malformed client input (a role or part left unset) is ``InvalidInput``.
+``SessionRecord``. The values the gateway shares with the workers (role, finish reason, usage,
+model info, image refs) convert through ``tandem.wire.convert``. Malformed client input (a role
+or part left unset) is ``InvalidInput``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from vlm.v1 import common_pb2, gateway_pb2
 
-from gateway.messages import (
-    Chunk,
-    FinishReason,
-    ImageRef,
-    ImageSource,
-    Message,
-    ModelInfo,
-    Part,
-    Role,
-    Sampling,
-    Usage,
-)
+from gateway.messages import Chunk, ImageRef, ImageSource, Message, Part, Role, Sampling
 from gateway.sessions import CommittedTurn, SessionState
 from tandem.errors import InvalidInput
-
-_ROLES: dict[common_pb2.Role, Role] = {
-    common_pb2.ROLE_SYSTEM: "system",
-    common_pb2.ROLE_USER: "user",
-    common_pb2.ROLE_ASSISTANT: "assistant",
-}
-_ROLE_PB = {name: value for value, name in _ROLES.items()}
-_FINISH: dict[common_pb2.FinishReason, FinishReason] = {
-    common_pb2.FINISH_REASON_STOP: "stop",
-    common_pb2.FINISH_REASON_LENGTH: "length",
-    common_pb2.FINISH_REASON_CANCELLED: "cancelled",
-}
-_FINISH_PB = {name: value for value, name in _FINISH.items()}
-
+from tandem.wire.convert import (
+    finish_from_pb,
+    finish_to_pb,
+    image_ref_from_pb,
+    image_ref_to_pb,
+    role_from_pb,
+    role_to_pb,
+    usage_from_pb,
+    usage_to_pb,
+)
 
 # --- public requests -------------------------------------------------------------------------
 
@@ -67,14 +55,15 @@ def parts_from_pb(parts: Iterable[gateway_pb2.Part]) -> tuple[Part, ...]:
     return tuple(out)
 
 
-def role_from_pb(role: common_pb2.Role) -> Role:
-    if role not in _ROLES:
+def _role(role: common_pb2.Role) -> Role:
+    name = role_from_pb(role)
+    if name is None:
         raise InvalidInput("every message needs a role: system, user or assistant")
-    return _ROLES[role]
+    return name
 
 
 def messages_from_pb(messages: Iterable[gateway_pb2.ChatMessage]) -> list[Message]:
-    return [Message(role_from_pb(m.role), parts_from_pb(m.parts)) for m in messages]
+    return [Message(_role(m.role), parts_from_pb(m.parts)) for m in messages]
 
 
 def sampling_from_pb(s: common_pb2.SamplingParams) -> Sampling:
@@ -108,22 +97,9 @@ def sampling_to_pb(s: Sampling) -> common_pb2.SamplingParams:
     return out
 
 
-def image_ref_to_pb(ref: ImageRef) -> common_pb2.ImageRef:
-    return common_pb2.ImageRef(
-        image_id=ref.image_id,
-        num_tokens=ref.num_tokens,
-        grid_thw=list(ref.grid_thw),
-        inline_record=ref.inline_record,
-    )
-
-
-def image_ref_from_pb(ref: common_pb2.ImageRef) -> ImageRef:
-    return ImageRef(ref.image_id, ref.num_tokens, tuple(ref.grid_thw), ref.inline_record)
-
-
 def message_to_pb(message: Message) -> common_pb2.Message:
     """An encoded message (text and ``ImageRef`` parts) as the language service takes it."""
-    out = common_pb2.Message(role=_ROLE_PB[message.role])
+    out = common_pb2.Message(role=role_to_pb(message.role))
     for part in message.parts:
         if isinstance(part, str):
             out.parts.add(text=part)
@@ -138,74 +114,33 @@ def message_from_pb(message: common_pb2.Message) -> Message:
     parts: list[Part] = []
     for part in message.parts:
         parts.append(part.text if part.WhichOneof("kind") == "text" else image_ref_from_pb(part.image))
-    return Message(_ROLES.get(message.role, "user"), tuple(parts))
-
-
-def usage_from_pb(u: common_pb2.Usage) -> Usage:
-    return Usage(u.prompt_tokens, u.image_tokens, u.completion_tokens, u.cached_tokens)
-
-
-def usage_to_pb(u: Usage) -> common_pb2.Usage:
-    return common_pb2.Usage(
-        prompt_tokens=u.prompt_tokens,
-        image_tokens=u.image_tokens,
-        completion_tokens=u.completion_tokens,
-        cached_tokens=u.cached_tokens,
-    )
-
-
-def finish_from_pb(reason: common_pb2.FinishReason) -> FinishReason | None:
-    return _FINISH.get(reason)
-
-
-def finish_to_pb(reason: FinishReason | None) -> common_pb2.FinishReason:
-    return common_pb2.FINISH_REASON_UNSPECIFIED if reason is None else _FINISH_PB[reason]
-
-
-def model_info_from_pb(info: common_pb2.ModelInfo) -> ModelInfo:
-    return ModelInfo(info.model, info.architecture, info.is_vlm, info.fingerprint, info.context_length)
-
-
-def model_info_to_pb(info: ModelInfo) -> common_pb2.ModelInfo:
-    return common_pb2.ModelInfo(
-        model=info.model,
-        architecture=info.architecture,
-        is_vlm=info.is_vlm,
-        fingerprint=info.fingerprint,
-        context_length=info.context_length,
-    )
+    return Message(role_from_pb(message.role) or "user", tuple(parts))
 
 
 # --- public responses ------------------------------------------------------------------------
 
 
+def _stream_fields(chunk: Chunk) -> dict[str, Any]:
+    """The fields ``GenerateResponse`` and ``ChatResponse`` share."""
+    return {
+        "text": chunk.text,
+        "token_ids": list(chunk.token_ids),
+        "finish_reason": finish_to_pb(chunk.finish_reason),
+        "usage": None if chunk.usage is None else usage_to_pb(chunk.usage),
+        "image_ids": list(chunk.image_ids),
+    }
+
+
 def generate_response(chunk: Chunk) -> gateway_pb2.GenerateResponse:
-    out = gateway_pb2.GenerateResponse(
-        text=chunk.text,
-        token_ids=list(chunk.token_ids),
-        finish_reason=finish_to_pb(chunk.finish_reason),
-        image_ids=list(chunk.image_ids),
-    )
-    if chunk.usage is not None:
-        out.usage.CopyFrom(usage_to_pb(chunk.usage))
-    return out
+    return gateway_pb2.GenerateResponse(**_stream_fields(chunk))
 
 
 def chat_response(chunk: Chunk) -> gateway_pb2.ChatResponse:
-    out = gateway_pb2.ChatResponse(
-        text=chunk.text,
-        token_ids=list(chunk.token_ids),
-        finish_reason=finish_to_pb(chunk.finish_reason),
-        image_ids=list(chunk.image_ids),
-        replayed=chunk.replayed,
-    )
-    if chunk.usage is not None:
-        out.usage.CopyFrom(usage_to_pb(chunk.usage))
-    return out
+    return gateway_pb2.ChatResponse(**_stream_fields(chunk), replayed=chunk.replayed)
 
 
 def history_message(message: Message) -> gateway_pb2.HistoryMessage:
-    out = gateway_pb2.HistoryMessage(role=_ROLE_PB[message.role])
+    out = gateway_pb2.HistoryMessage(role=role_to_pb(message.role))
     for part in message.parts:
         if isinstance(part, str):
             out.parts.add(text=part)

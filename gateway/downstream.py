@@ -34,6 +34,13 @@ from tandem.errors import (
     Unavailable,
 )
 from tandem.serving.bootstrap import channel_options
+from tandem.wire.convert import (
+    finish_from_pb,
+    image_input_to_pb,
+    image_ref_from_pb,
+    model_info_from_pb,
+    usage_from_pb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +111,7 @@ class Downstream:
             except aio.AioRpcError as err:
                 log.info("language replica %s not ready: %s", address, err.code().name)
                 continue
-            return convert.model_info_from_pb(response.info)
+            return model_info_from_pb(response.info)
         raise Unavailable("no language replica answered")
 
     async def vision_info(self, timeout: float) -> ModelInfo:
@@ -118,7 +125,7 @@ class Downstream:
             except aio.AioRpcError as err:
                 log.info("vision replica %s not ready: %s", address, err.code().name)
                 continue
-            return convert.model_info_from_pb(response.info)
+            return model_info_from_pb(response.info)
         raise Unavailable("no vision replica answered")
 
     def _vision(self) -> Router:
@@ -145,12 +152,9 @@ class Downstream:
     async def _encode_once(
         self, images: Sequence[ImageInput], force_inline: bool, deadline: Deadline
     ) -> list[ImageRef]:
-        request = vision_pb2.EncodeRequest(force_inline=force_inline)
-        for image in images:
-            if image.data:
-                request.images.add(data=image.data, media_type=image.media_type)
-            else:
-                request.images.add(image_id=image.image_id)
+        request = vision_pb2.EncodeRequest(
+            images=[image_input_to_pb(i) for i in images], force_inline=force_inline
+        )
         for address in self._vision().next_order():
             stub = vision_pb2_grpc.VisionServiceStub(self._channel(address))
             try:
@@ -168,7 +172,7 @@ class Downstream:
                     len(images),
                 )
                 raise TandemError(GENERIC_INTERNAL_MESSAGE)
-            return [convert.image_ref_from_pb(item.ref) for item in response.images]
+            return [image_ref_from_pb(item.ref) for item in response.images]
         raise Unavailable("the vision service is unavailable; retry later")
 
     async def generate(
@@ -206,6 +210,6 @@ class Downstream:
 
 
 def _chunk(response: llm_pb2.GenerateTokensResponse) -> Chunk:
-    finish = convert.finish_from_pb(response.finish_reason)
-    usage = convert.usage_from_pb(response.usage) if finish is not None else None
+    finish = finish_from_pb(response.finish_reason)
+    usage = usage_from_pb(response.usage) if finish is not None else None
     return Chunk(response.text, tuple(response.token_ids), finish, usage)

@@ -2,19 +2,24 @@
 
 A conversation is a sequence of ``Message``; each part is text, an image as the client named
 it (``ImageSource``, before the media guard), or an image as the vision service encoded it
-(``ImageRef``, after encoding; stored in session history without its inline record).
-``repr`` never shows prompt text or image bytes, only sizes and short hashes.
+(``ImageRef``, after encoding; stored in session history without its inline record). Between
+the two, the media guard turns each ``ImageSource`` into an ``ImageInput`` for the vision
+service. The values the gateway shares with the workers and the client (``Role``,
+``FinishReason``, ``Usage``, ``ModelInfo``, ``ImageInput``, ``ImageRef``) are defined in
+``tandem.wire.types`` and re-exported here, so a stage imports its whole vocabulary from this
+module. ``repr`` never shows prompt text or image bytes, only sizes and short hashes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
-from tandem.models.info import ModelInfo as ModelInfo  # shared with the language service
-
-Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length", "cancelled"]
+from tandem.wire.types import FinishReason as FinishReason
+from tandem.wire.types import ImageInput as ImageInput
+from tandem.wire.types import ImageRef as ImageRef
+from tandem.wire.types import ModelInfo as ModelInfo
+from tandem.wire.types import Role as Role
+from tandem.wire.types import Usage as Usage
 
 
 @dataclass(frozen=True)
@@ -32,34 +37,6 @@ class ImageSource:
         if self.url:
             return f"ImageSource(url=<{len(self.url)} chars>)"
         return f"ImageSource(image_id={self.image_id[:12]})"
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """An image ready for the vision service: bytes (with an optional media type) or an id."""
-
-    data: bytes = b""
-    image_id: str = ""
-    media_type: str = ""
-
-    def __repr__(self) -> str:
-        if self.data:
-            return f"ImageInput(data=<{len(self.data)} bytes>)"
-        return f"ImageInput(image_id={self.image_id[:12]})"
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """An encoded image: what the language service needs to find its embedding."""
-
-    image_id: str
-    num_tokens: int = 0
-    grid_thw: tuple[int, ...] = ()
-    inline_record: bytes = field(default=b"", repr=False)
-
-    def stored(self) -> ImageRef:
-        """The form kept in session history: no inline embedding bytes."""
-        return ImageRef(self.image_id, self.num_tokens, self.grid_thw)
 
 
 Part = str | ImageSource | ImageRef
@@ -92,16 +69,6 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token accounting of one generation."""
-
-    prompt_tokens: int = 0
-    image_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

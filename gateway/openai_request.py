@@ -19,15 +19,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.messages import ImageSource, Message, Part, Role, Sampling
+from gateway.messages import ImageSource, Message, Part, Sampling
 from tandem.errors import InvalidInput
+from tandem.wire.types import role_from_name
 
-_ROLES: dict[str, Role] = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "assistant",
-}
 _MAX_STOP = 16
 _INLINE_PARSE_BYTES = 1 << 20  # larger bodies (base64 images) are parsed in a thread
 _MAX_SEED = 2**64 - 1
@@ -113,7 +108,7 @@ def _message(message: Any, index: int) -> Message:
     if not isinstance(message, dict):
         raise InvalidRequest("each message must be an object with 'role' and 'content'", where)
     name = message.get("role")
-    role = _ROLES.get(name) if isinstance(name, str) else None
+    role = role_from_name(name)
     if role is None:
         raise InvalidRequest(f"unsupported role {str(name)[:32]!r}; use system, user or assistant", where)
     content = message.get("content")

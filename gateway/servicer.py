@@ -16,6 +16,7 @@ from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway import convert
 from gateway.deadline import Deadline
 from gateway.service import Gateway
+from tandem.wire.convert import model_info_to_pb
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -77,4 +78,4 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetModelInfo(
         self, request: gateway_pb2.GetModelInfoRequest, context: aio.ServicerContext
     ) -> gateway_pb2.GetModelInfoResponse:
-        return gateway_pb2.GetModelInfoResponse(info=convert.model_info_to_pb(self.gateway.model_info()))
+        return gateway_pb2.GetModelInfoResponse(info=model_info_to_pb(self.gateway.model_info()))

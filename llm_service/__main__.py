@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,7 +12,8 @@ from llm_service.adapters import UnsupportedModel, adapter_for
 from llm_service.config import LlmConfig
 from llm_service.server import LanguageApp
 from tandem.models.checkpoint import resolve
-from tandem.serving.bootstrap import configure_logging, run_until_signal
+from tandem.serving.app import run_service
+from tandem.serving.bootstrap import configure_logging
 from tandem.serving.options import parse_config
 
 log = logging.getLogger("llm_service")
@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UnsupportedModel, OSError) as exc:
         log.error("%s", exc)
         return 2
-    app = LanguageApp(config)
-    asyncio.run(run_until_signal(app.server, app.warmup, app.shutdown))
+    run_service(lambda: LanguageApp(config))
     return 0
 
 

@@ -1,30 +1,18 @@
-"""Typed conversation values between the servicer edge and the worker (no protos below the edge)."""
+"""Typed conversation values between the servicer edge and the worker (no protos below the edge).
+
+A message's parts are ``TextPart`` and ``ImageRef`` (an image the vision service encoded). The
+values shared with the gateway (``Role``, ``ImageRef``) are defined in ``tandem.wire.types`` and
+re-exported here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 from llm_service.engine.types import SamplingConfig
-
-Role = Literal["system", "user", "assistant"]
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """An image already encoded by the vision service: its id, size in tokens, and maybe the record."""
-
-    image_id: str
-    num_tokens: int
-    grid_thw: tuple[int, ...] = ()
-    inline_record: bytes = field(default=b"", repr=False)
-
-    def __repr__(self) -> str:
-        inline = len(self.inline_record)
-        return (
-            f"ImageInput(image_id={self.image_id[:12]}, num_tokens={self.num_tokens}, inline_bytes={inline})"
-        )
+from tandem.wire.types import ImageRef as ImageRef
+from tandem.wire.types import Role as Role
 
 
 @dataclass(frozen=True)
@@ -37,7 +25,7 @@ class TextPart:
         return f"TextPart(len={len(self.text)})"
 
 
-Part = TextPart | ImageInput
+Part = TextPart | ImageRef
 
 
 @dataclass(frozen=True)
@@ -48,8 +36,8 @@ class ChatMessage:
     parts: tuple[Part, ...]
 
     @property
-    def images(self) -> list[ImageInput]:
-        return [p for p in self.parts if isinstance(p, ImageInput)]
+    def images(self) -> list[ImageRef]:
+        return [p for p in self.parts if isinstance(p, ImageRef)]
 
 
 @dataclass(frozen=True)
@@ -67,6 +55,6 @@ class GenerationRequest:
     clamp_to_context: bool = False
 
 
-def all_images(messages: Sequence[ChatMessage]) -> list[ImageInput]:
+def all_images(messages: Sequence[ChatMessage]) -> list[ImageRef]:
     """Images of a conversation in prompt order."""
     return [image for message in messages for image in message.images]

@@ -6,26 +6,15 @@ import uuid
 
 from vlm.v1 import common_pb2, llm_pb2
 
-from llm_service.conversation import ChatMessage, GenerationRequest, ImageInput, Part, Role, TextPart
+from llm_service.conversation import ChatMessage, GenerationRequest, Part, TextPart
 from llm_service.engine import SamplingConfig, TokenEvent
-from llm_service.worker import ModelInfo
 from tandem.embeddings.cache import is_image_id
 from tandem.errors import InvalidInput
+from tandem.wire.convert import finish_to_pb, image_ref_from_pb, model_info_to_pb, role_from_pb, usage_to_pb
+from tandem.wire.types import ModelInfo
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
-
-_ROLES: dict[int, Role] = {
-    common_pb2.ROLE_SYSTEM: "system",
-    common_pb2.ROLE_USER: "user",
-    common_pb2.ROLE_ASSISTANT: "assistant",
-}
-_FINISH = {
-    None: common_pb2.FINISH_REASON_UNSPECIFIED,
-    "stop": common_pb2.FINISH_REASON_STOP,
-    "length": common_pb2.FINISH_REASON_LENGTH,
-    "cancelled": common_pb2.FINISH_REASON_CANCELLED,
-}
 
 
 def sampling_from_pb(params: common_pb2.SamplingParams, default_max_new_tokens: int) -> SamplingConfig:
@@ -52,10 +41,9 @@ def _part_from_pb(part: common_pb2.ContentPart) -> Part:
     if kind == "text":
         return TextPart(part.text)
     if kind == "image":
-        ref = part.image
-        if not is_image_id(ref.image_id):
+        if not is_image_id(part.image.image_id):
             raise InvalidInput("image_id must be the 64 hex digits the vision service returned")
-        return ImageInput(ref.image_id, ref.num_tokens, tuple(ref.grid_thw), ref.inline_record)
+        return image_ref_from_pb(part.image)
     raise InvalidInput("a content part must be text or an image")
 
 
@@ -64,7 +52,7 @@ def messages_from_pb(messages: list[common_pb2.Message]) -> tuple[ChatMessage, .
         raise InvalidInput("messages must not be empty")
     out = []
     for index, message in enumerate(messages):
-        role = _ROLES.get(message.role)
+        role = role_from_pb(message.role)
         if role is None:
             raise InvalidInput(f"message {index} has no role (system, user or assistant)")
         out.append(ChatMessage(role, tuple(_part_from_pb(p) for p in message.parts)))
@@ -83,28 +71,12 @@ def request_from_pb(request: llm_pb2.GenerateTokensRequest, default_max_new_toke
 
 def event_to_pb(event: TokenEvent) -> llm_pb2.GenerateTokensResponse:
     response = llm_pb2.GenerateTokensResponse(
-        text=event.text, token_ids=event.token_ids, finish_reason=_FINISH[event.finish_reason]
+        text=event.text, token_ids=event.token_ids, finish_reason=finish_to_pb(event.finish_reason)
     )
     if event.usage is not None:
-        usage = event.usage
-        response.usage.CopyFrom(
-            common_pb2.Usage(
-                prompt_tokens=usage.prompt_tokens,
-                image_tokens=usage.image_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
-            )
-        )
+        response.usage.CopyFrom(usage_to_pb(event.usage))
     return response
 
 
 def info_to_pb(info: ModelInfo) -> llm_pb2.GetLanguageInfoResponse:
-    return llm_pb2.GetLanguageInfoResponse(
-        info=common_pb2.ModelInfo(
-            model=info.model,
-            architecture=info.architecture,
-            is_vlm=info.is_vlm,
-            fingerprint=info.fingerprint,
-            context_length=info.context_length,
-        )
-    )
+    return llm_pb2.GetLanguageInfoResponse(info=model_info_to_pb(info))

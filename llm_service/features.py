@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from llm_service.conversation import ImageInput
+from llm_service.conversation import ImageRef
 from tandem.embeddings import record
 from tandem.embeddings.cache import Embedding, EmbeddingCache, decode_inline
 from tandem.errors import InvalidInput, NotFound
@@ -24,11 +24,11 @@ class FeatureSource:
         self.hidden_size = hidden_size
         self.cache = cache
 
-    async def fetch(self, images: Sequence[ImageInput]) -> list[Embedding]:
+    async def fetch(self, images: Sequence[ImageRef]) -> list[Embedding]:
         """One validated embedding per image, in order."""
         return list(await asyncio.gather(*(self._one(image) for image in images)))
 
-    async def _one(self, image: ImageInput) -> Embedding:
+    async def _one(self, image: ImageRef) -> Embedding:
         expected = record.Expected(self.fingerprint, self.hidden_size, image.image_id, image.num_tokens)
         if image.inline_record:
             try:

@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from llm_service.conversation import ChatMessage, ImageInput, TextPart
+from llm_service.conversation import ChatMessage, ImageRef, TextPart
 from tandem.errors import InvalidInput
 
 BREAK = "\u200b"  # zero-width space
@@ -58,7 +58,7 @@ def to_hf_messages(messages: Sequence[ChatMessage], text: Callable[[str], str]) 
     out = []
     for message in messages:
         content = [
-            {"type": "image"} if isinstance(part, ImageInput) else {"type": "text", "text": text(part.text)}
+            {"type": "image"} if isinstance(part, ImageRef) else {"type": "text", "text": text(part.text)}
             for part in message.parts
         ]
         out.append({"role": message.role, "content": content})

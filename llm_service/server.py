@@ -1,9 +1,10 @@
 """One language worker process: the gRPC server, the model, the engine and their lifecycle.
 
-``LanguageApp`` starts the server first (health NOT_SERVING; calls get UNAVAILABLE), loads the
-language half in a helper thread, starts and warms the engine, and only then reports SERVING.
-``stop`` drains the server (NOT_SERVING, running streams get the grace period), then stops the
-engine and closes Redis.
+``LanguageApp`` runs ``ServiceApp``'s lifecycle, the same in every service: the server starts
+first (health NOT_SERVING; calls get UNAVAILABLE), ``warmup`` loads the language half in a helper
+thread, starts and warms the engine, and only then the server reports SERVING. On SIGTERM (or
+``stop``) the server drains (NOT_SERVING, running streams get the grace period), then
+``shutdown`` stops the engine and closes Redis.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from tandem.embeddings.cache import CacheSettings, EmbeddingCache
 from tandem.embeddings.kv import KeyValueStore, RedisStore, connect_redis
 from tandem.errors import Unavailable
 from tandem.metrics import Metrics
-from tandem.serving.bootstrap import GrpcServer, ServerOptions
+from tandem.serving.app import ServiceApp
+from tandem.serving.bootstrap import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def build_worker(
     return LanguageWorker(model, adapter, prompts, features, engine, info)
 
 
-class LanguageApp:
+class LanguageApp(ServiceApp):
     """The process: see the module docstring for the lifecycle."""
 
     def __init__(self, config: LlmConfig, metrics: Metrics | None = None):
@@ -77,7 +79,7 @@ class LanguageApp:
         def register(server: aio.Server) -> None:
             llm_pb2_grpc.add_LanguageServiceServicer_to_server(servicer, server)
 
-        self.server = GrpcServer(ServerOptions.from_config(config), [register], [SERVICE_NAME])
+        self.server = GrpcServer(config, [register], [SERVICE_NAME])
 
     def current(self) -> LanguageWorker:
         if self.worker is None:
@@ -106,14 +108,3 @@ class LanguageApp:
             await asyncio.to_thread(self.worker.engine.stop)
         if self._store is not None:
             await self._store.close()
-
-    async def start(self) -> int:
-        """Start, load, warm up and report SERVING (in-process use and tests); returns the port."""
-        port = await self.server.start()
-        await self.warmup()
-        await self.server.set_serving()
-        return port
-
-    async def stop(self) -> None:
-        await self.server.drain()
-        await self.shutdown()

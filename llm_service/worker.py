@@ -27,7 +27,7 @@ from typing import cast
 import torch
 
 from llm_service.adapters import Adapter, ImageSpan, PromptLayout
-from llm_service.conversation import ChatMessage, GenerationRequest, ImageInput, Part, TextPart, all_images
+from llm_service.conversation import ChatMessage, GenerationRequest, ImageRef, Part, TextPart, all_images
 from llm_service.engine import Engine, EngineRequest, SamplingConfig, TokenEvent
 from llm_service.features import FeatureSource
 from llm_service.model import HFLanguageModel
@@ -35,7 +35,7 @@ from llm_service.prompt import PromptBuilder
 from tandem.embeddings import record
 from tandem.embeddings.cache import Embedding
 from tandem.errors import DeadlineExceeded, InvalidInput
-from tandem.models.info import ModelInfo as ModelInfo  # what GetLanguageInfo reports
+from tandem.wire.types import ModelInfo as ModelInfo  # what GetLanguageInfo reports
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,20 @@ def prompt_keys(layout: PromptLayout) -> list[int]:
     return keys
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class LanguageWorker:
-    """Builds engine requests from conversations and streams their tokens (see the module doc)."""
+    """Builds engine requests from conversations and streams their tokens (see the module doc).
 
-    def __init__(
-        self,
-        model: HFLanguageModel,
-        adapter: Adapter,
-        prompts: PromptBuilder,
-        features: FeatureSource,
-        engine: Engine,
-        info: ModelInfo,
-    ):
-        self.model = model
-        self.adapter = adapter
-        self.prompts = prompts
-        self.features = features
-        self.engine = engine
-        self.info = info
+    Holds the loaded parts (built by ``llm_service.server.build_worker``); the engine is started
+    and stopped by the app that owns the worker.
+    """
+
+    model: HFLanguageModel
+    adapter: Adapter
+    prompts: PromptBuilder
+    features: FeatureSource
+    engine: Engine
+    info: ModelInfo
 
     async def generate(
         self, request: GenerationRequest, timeout: float | None = None
@@ -113,7 +109,7 @@ class LanguageWorker:
         async for _ in self.generate(request):
             pass
 
-    def _dummy_image(self) -> ImageInput:
+    def _dummy_image(self) -> ImageRef:
         image = self.adapter.dummy_image()
         features = torch.zeros(image.num_tokens, self.model.hidden_size, dtype=self.model.dtype)
         header, raw = record.make_header(
@@ -156,7 +152,7 @@ class LanguageWorker:
                 f"({self.info.context_length} tokens) can take"
             )
 
-    def _layout(self, request: GenerationRequest, images: Sequence[ImageInput]) -> PromptLayout:
+    def _layout(self, request: GenerationRequest, images: Sequence[ImageRef]) -> PromptLayout:
         return self.adapter.layout(self.prompts.build(request.messages), images)
 
     def _fit_sampling(self, request: GenerationRequest, prompt_tokens: int) -> SamplingConfig:

@@ -21,7 +21,8 @@ ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'protos'}"}
 FAKE_SERVICE = textwrap.dedent(
     """
     import asyncio, signal, sys, time
-    from tandem.serving.bootstrap import GrpcServer, ServerOptions, run_until_signal
+    from tandem.serving.bootstrap import GrpcServer, run_until_signal
+    from tandem.serving.config import ServerConfig
 
     port_file, mode = sys.argv[1], sys.argv[2]
     if mode == "crash":
@@ -37,7 +38,7 @@ FAKE_SERVICE = textwrap.dedent(
             asyncio.get_running_loop().call_later(0.5, sys.exit, 4)
 
     async def main():
-        server = GrpcServer(ServerOptions(port=0, port_file=port_file, grace_seconds=0.5), [], ["fake"])
+        server = GrpcServer(ServerConfig(port=0, port_file=port_file, grace_seconds=0.5), [], ["fake"])
         if mode == "stubborn":
             await server.start()
             await server.set_serving()

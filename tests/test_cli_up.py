@@ -116,24 +116,19 @@ def test_importing_tandem_and_its_cli_is_light() -> None:
     assert result.stdout.strip() == "[]", result.stderr
 
 
-def test_default_model_prefers_the_shipped_checkpoint(
+def test_default_model_is_the_shipped_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import tandem.default_model
-    import tandem.testing.checkpoints
 
-    built: list[str] = []
+    assert up_command.default_model() == str(tandem.default_model.CHECKPOINT)
+    assert "Tandem's default model" in capsys.readouterr().out
+    monkeypatch.setattr(tandem.default_model, "CHECKPOINT", tmp_path / "missing")
+    with pytest.raises(SystemExit, match="default model is missing"):
+        up_command.default_model()
 
-    def fake_build(kind: str, root: Path) -> Path:
-        built.append(kind)
-        return Path(root) / kind
 
-    monkeypatch.setattr(tandem.testing.checkpoints, "ensure_checkpoint", fake_build)
-    monkeypatch.setattr(up_command, "DEFAULT_MODEL_ROOT", tmp_path / "cache")
-    monkeypatch.setattr(tandem.default_model, "CHECKPOINT", tmp_path / "shipped")
-    assert up_command.default_model() == str(tmp_path / "cache" / "llava")  # nothing shipped: build
-    assert built == ["llava"] and "gibberish" in capsys.readouterr().out
-    shipped = fake_checkpoint(tmp_path, vision=True)
-    monkeypatch.setattr(tandem.default_model, "CHECKPOINT", shipped)
-    assert up_command.default_model() == str(shipped)
-    assert built == ["llava"] and "default model" in capsys.readouterr().out
+def test_the_cli_imports_no_test_tooling() -> None:
+    """``tandem`` commands never import ``tandem.testing`` (dev tooling, not in the wheel)."""
+    for path in (Path(up_command.__file__).parent).glob("*.py"):
+        assert "tandem.testing" not in path.read_text(), path.name

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tandem.serving.bootstrap import ServerOptions
-from tandem.serving.options import opt, parse_config
+from tandem.serving.options import at_least, check_choices, opt, parse_config
 
 
 @dataclass(frozen=True)
@@ -90,11 +89,29 @@ def test_invalid_values_exit_2_with_a_clear_message(
     assert "Traceback" not in err
 
 
-def test_server_options_from_a_service_config() -> None:
-    options = ServerOptions.from_config(parse(["--port", "0", "--grace-seconds", "2"]))
-    assert (options.port, options.grace_seconds, options.reflection, options.host) == (
-        0,
-        2.0,
-        True,
-        "127.0.0.1",
-    )
+@dataclass(frozen=True)
+class Grouped:
+    model: str = field(default="m", metadata=opt("the model"))
+    port: int = field(default=1, metadata=opt("the port", group="server"))
+    prefix: str = field(default="t", metadata=opt("the key prefix", group="redis"))
+
+
+def test_help_lists_grouped_options_after_the_services_own(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_config(Grouped, ["--help"], "grouped", env={})
+    out = capsys.readouterr().out
+    assert out.index("  --model") < out.index("server options:") < out.index("  --port")
+    assert out.index("redis options:") < out.index("  --prefix")
+    assert parse_config(Grouped, ["--port", "2", "--prefix", "p"], "grouped", env={}) == Grouped("m", 2, "p")
+
+
+def test_at_least_names_the_first_field_below_its_minimum() -> None:
+    at_least(Config(port=0), 0, "port", "grace_seconds")
+    with pytest.raises(ValueError, match=r"grace_seconds=-1\.0 must be >= 0"):
+        at_least(Config(grace_seconds=-1.0), 0, "port", "grace_seconds")
+
+
+def test_check_choices_covers_configs_built_in_code() -> None:
+    check_choices(Config(device="cuda"))
+    with pytest.raises(ValueError, match="device='tpu' must be one of"):
+        check_choices(Config(device="tpu"))

@@ -1,4 +1,5 @@
-"""The shared server bootstrap on a real grpc.aio server: error mapping, auth, health, sizes."""
+"""The shared server bootstrap on a real grpc.aio server: error mapping, auth, health, sizes,
+the readiness gate and the service lifecycle."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tandem import errors
-from tandem.serving.bootstrap import GrpcServer, ServerOptions, channel_options, run_until_signal
+from tandem.serving.app import ServiceApp
+from tandem.serving.bootstrap import GrpcServer, channel_options, run_until_signal
+from tandem.serving.config import ServerConfig
 from tandem.serving.interceptor import status_for
+from tandem.serving.readiness import Readiness
 
 SECRET = "db-7.internal.example:6379 at 0x7f3a2b1c <object Foo at 0xdeadbeef>"
 
@@ -90,7 +94,7 @@ async def started() -> AsyncIterator[Started]:
     channels: list[aio.Channel] = []
 
     async def start(**options: object) -> tuple[GrpcServer, aio.Channel]:
-        server = GrpcServer(ServerOptions(**options), [register], [SERVICE])  # type: ignore[arg-type]
+        server = GrpcServer(ServerConfig(**options), [register], [SERVICE])  # type: ignore[arg-type]
         port = await server.start()
         servers.append(server)
         channel = aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(64 << 20))
@@ -272,14 +276,14 @@ async def test_reflection_can_be_turned_off(started: Started) -> None:
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_server_options_validation() -> None:
+def test_server_config_validation() -> None:
     for bad in ({"port": 70000}, {"max_message_bytes": 1024}, {"grace_seconds": -1}, {"tls_cert": "c.pem"}):
         with pytest.raises(ValueError):
-            ServerOptions(**bad)  # type: ignore[arg-type]
+            ServerConfig(**bad)  # type: ignore[arg-type]
 
 
 async def test_run_until_signal_serves_then_drains_on_sigterm() -> None:
-    server = GrpcServer(ServerOptions(grace_seconds=0.5), [register], [SERVICE])
+    server = GrpcServer(ServerConfig(grace_seconds=0.5), [register], [SERVICE])
     warmed = asyncio.Event()
     shut = asyncio.Event()
 
@@ -326,3 +330,77 @@ async def test_tls_listener(started: Started, tmp_path: Path) -> None:
             gateway_pb2.GetSessionRequest(session_id="over tls")
         )
     assert reply.session.session_id == "over tls"
+
+
+async def test_readiness_gate_holds_opens_and_closes_for_good() -> None:
+    gate = Readiness([SERVICE])
+
+    async def statuses() -> list[int]:
+        checks = [gate.servicer.Check(health_pb2.HealthCheckRequest(service=n), None) for n in ("", SERVICE)]
+        return [(await check).status for check in checks]
+
+    await gate.hold()
+    assert gate.state == "holding" and await statuses() == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
+    await gate.open()
+    assert gate.state == "serving" and await statuses() == [health_pb2.HealthCheckResponse.SERVING] * 2
+    await gate.close()
+    assert gate.state == "closed" and await statuses() == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
+    await gate.open()  # a warm-up that ends during the drain
+    assert gate.state == "closed" and await statuses() == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
+
+
+class FakeApp(ServiceApp):
+    """A service whose warm-up records what health said while it ran."""
+
+    def __init__(self, fail: bool = False):
+        self.server = GrpcServer(ServerConfig(grace_seconds=0.5), [register], [SERVICE])
+        self.fail = fail
+        self.seen_while_warming: list[str] = []
+        self.shut_down = False
+
+    async def warmup(self) -> None:
+        self.seen_while_warming.append(self.server.readiness.state)
+        if self.fail:
+            raise RuntimeError("weights are missing")
+
+    async def shutdown(self) -> None:
+        self.shut_down = True
+
+
+async def test_service_app_serves_only_after_warmup_and_stops_for_good() -> None:
+    app = FakeApp()
+    port = await app.start()
+    try:
+        assert app.seen_while_warming == ["holding"]
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await _status(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await app.stop()
+    assert app.server.readiness.state == "closed" and app.shut_down
+
+
+async def test_service_app_serve_drains_when_warmup_fails() -> None:
+    app = FakeApp(fail=True)
+    with pytest.raises(RuntimeError, match="weights are missing"):
+        await asyncio.wait_for(app.serve(), timeout=5)
+    assert app.seen_while_warming == ["holding"]
+    assert app.server.readiness.state == "closed"  # drained, never reported SERVING
+    assert not app.shut_down
+
+
+async def test_service_app_serve_drains_and_shuts_down_on_sigterm() -> None:
+    app = FakeApp()
+    task = asyncio.ensure_future(app.serve())
+    try:
+        for _ in range(100):
+            if app.server.readiness.state == "serving":
+                break
+            await asyncio.sleep(0.02)
+        assert app.server.readiness.state == "serving"
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(task, timeout=5)
+        assert app.server.readiness.state == "closed" and app.shut_down
+    finally:
+        if not task.done():
+            task.cancel()
+        await app.server.drain()

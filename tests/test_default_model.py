@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from recipes.default_model.batch import IGNORE, Encoder
+from recipes.default_model.data import KINDS, eval_set, make_sample
+from recipes.default_model.evaluate import InProcess, answer_all, score
+from recipes.default_model.scenes import GRID, IMAGE_SIZE, Background, Item, Scene, render
 from tandem.default_model import CHECKPOINT
-from tandem.default_model.batch import IGNORE, Encoder
-from tandem.default_model.data import KINDS, eval_set, make_sample
-from tandem.default_model.evaluate import InProcess, answer_all, score
-from tandem.default_model.scenes import GRID, IMAGE_SIZE, Background, Item, Scene, render
 
 FOLLOWUP_FLOOR = 0.75  # the shipped model scores higher on this set; see README "The default model"
 GREY = Background((200, 200, 200), (200, 200, 200), vertical=False, noise=0.0)
@@ -187,7 +187,7 @@ def test_checkpoint_path_is_inside_the_package() -> None:
 
 @pytest.mark.slow
 def test_wheel_ships_the_checkpoint(tmp_path: Path) -> None:
-    """``pip install .`` (not only an editable install) gets the default model."""
+    """``pip install .`` (not only an editable install) gets the default model, not its recipe."""
     import subprocess
     import sys
     import zipfile
@@ -200,3 +200,5 @@ def test_wheel_ships_the_checkpoint(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for file in CHECKPOINT.iterdir():
         assert f"tandem/default_model/checkpoint/{file.name}" in names, file.name
+    tooling = [n for n in names if n.startswith(("recipes/", "tandem/testing/", "tests/"))]
+    assert not tooling, f"development tooling in the wheel: {tooling}"

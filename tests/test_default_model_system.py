@@ -8,6 +8,7 @@ an embedding read back from Redis answers exactly like a fresh encode.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +16,13 @@ import grpc
 import pytest
 import redis
 import torch
+from PIL import Image
 from vlm.v1 import vision_pb2, vision_pb2_grpc
 
+from recipes.default_model.data import KINDS, eval_set
+from recipes.default_model.evaluate import InProcess, answer_all, score
+from recipes.default_model.remote import GatewayAnswerer
 from tandem.default_model import CHECKPOINT
-from tandem.default_model.data import KINDS, eval_set
-from tandem.default_model.evaluate import InProcess, answer_all, score
-from tandem.default_model.remote import GatewayAnswerer, png_bytes
 from tests.test_default_model import picture
 
 pytestmark = pytest.mark.slow
@@ -115,6 +117,13 @@ def _forget_embeddings(store: redis.Redis) -> None:
     if keys:
         store.delete(*keys)
     assert not _embeddings(store)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG the client sends for ``image`` (so the vision service sees the same bytes)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _vision_says_cached(stack, image: object) -> bool:  # type: ignore[no-untyped-def]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from recipes.default_model.train import TrainConfig, train
 from tandem.default_model import CHECKPOINT
-from tandem.default_model.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_training_is_seeded_and_saves_a_loadable_checkpoint(tmp_path: Path) -> N
 
 
 def _evaluate(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "tandem.default_model.evaluate", *args]
+    command = [sys.executable, "-m", "recipes.default_model.evaluate", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=280)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llm_service.engine import Engine, EngineConfig, SamplingConfig
-from llm_service.engine.testing import (
+from tandem.testing.engine import (
     CausalLMAdapter,
     Generation,
     ScriptedModel,

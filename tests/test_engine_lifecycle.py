@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from llm_service.engine import Engine, EngineConfig, SamplingConfig, TokenEvent
-from llm_service.engine.testing import (
+from tandem.errors import InvalidInput, Overloaded, Unavailable
+from tandem.testing.engine import (
     CausalLMAdapter,
     byte_level_tokenizer,
     collect,
     text_request,
     tiny_llama,
 )
-from tandem.errors import InvalidInput, Overloaded, Unavailable
 
 STEP_SECONDS = 0.02
 

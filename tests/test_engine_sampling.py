@@ -148,7 +148,7 @@ def test_decode_batch_adds_a_padded_group_as_one_part() -> None:
 def test_prefill_groups_similar_lengths_and_pads_left() -> None:
     from llm_service.engine.prefill import PrefillJob, group_by_length, padded_inputs
     from llm_service.engine.sequence import Sequence
-    from llm_service.engine.testing import ScriptedModel, text_request
+    from tandem.testing.engine import ScriptedModel, text_request
 
     model = ScriptedModel([], start=0, vocab_size=10)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_service.engine import Engine, EngineConfig, EngineRequest, SamplingConfig
-from llm_service.engine.testing import (
+from tandem.testing.engine import (
     CausalLMAdapter,
     byte_level_tokenizer,
     collect,

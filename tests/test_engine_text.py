@@ -6,7 +6,7 @@ import pytest
 
 from llm_service.engine.detokenizer import IncrementalDetokenizer
 from llm_service.engine.stop import StopStringFilter
-from llm_service.engine.testing import byte_level_tokenizer
+from tandem.testing.engine import byte_level_tokenizer
 
 MULTIBYTE = "Héllo wörld 世界 🎉🚀 naïve €100 東京"
 

@@ -38,7 +38,8 @@ from gateway.app import GatewayApp
 from gateway.config import GatewayConfig
 from gateway.routing import rendezvous_order
 from tandem.redis_local import LocalRedis, free_port
-from tandem.serving.bootstrap import GrpcServer, ServerOptions
+from tandem.serving.bootstrap import GrpcServer
+from tandem.serving.config import ServerConfig
 
 PNG_A = b"\x89PNG\r\n\x1a\nimage-a"
 PNG_B = b"\x89PNG\r\n\x1a\nimage-b"
@@ -137,7 +138,7 @@ class FakeLanguage(llm_pb2_grpc.LanguageServiceServicer):
 async def serve_fake(
     servicer: Any, add: Callable[[Any, aio.Server], None], port: int = 0, token: str | None = None
 ) -> GrpcServer:
-    options = ServerOptions(port=port, grace_seconds=0, auth_token=token)
+    options = ServerConfig(port=port, grace_seconds=0, auth_token=token)
     server = GrpcServer(options, [lambda s: add(servicer, s)], ["fake"])
     await server.start()
     await server.set_serving()

@@ -22,7 +22,7 @@ from transformers import (
 from llm_service.adapters import ADAPTERS, Adapter, Qwen2VLAdapter, UnsupportedModel, adapter_for
 from llm_service.adapters.base import ImageSpan, PromptLayout
 from llm_service.config import LlmConfig
-from llm_service.conversation import ChatMessage, ImageInput, TextPart
+from llm_service.conversation import ChatMessage, ImageRef, TextPart
 from llm_service.loader import build_language_model, load
 from llm_service.prompt import BREAK, PromptBuilder
 from tandem.errors import InvalidInput
@@ -47,7 +47,7 @@ def _builder(path: Path) -> tuple[PromptBuilder, Adapter]:
 
 def _conversation(with_images: bool) -> tuple[list[ChatMessage], list[dict]]:
     """Ours and HF's version of a two-turn conversation (two images in the last turn if VLM)."""
-    image = ImageInput("ab" * 32, 1)
+    image = ImageRef("ab" * 32, 1)
     first: tuple = ((image,) if with_images else ()) + (TextPart("What is in this image?"),)
     second: tuple = ((image, image) if with_images else ()) + (TextPart("Compare them, please."),)
     ours = [
@@ -180,7 +180,7 @@ def test_prompt_ids_equal_the_processor(checkpoint, kind: str) -> None:
     for i in range(3):
         grid = tuple(int(g) for g in grids[i]) if grids is not None else ()
         tokens = math.prod(grid) // 4 if grid else 16
-        images.append(ImageInput(f"{i:064x}", tokens, grid))
+        images.append(ImageRef(f"{i:064x}", tokens, grid))
     layout = adapter.layout(builder.build(ours), images)
     assert layout.token_ids == list(expected["input_ids"][0])  # type: ignore[index]
 
@@ -194,7 +194,7 @@ def test_text_prompt_ids_equal_the_tokenizer_template(checkpoint, kind: str) -> 
     expected = tokenizer.apply_chat_template(hf, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert adapter.layout(builder.build(ours), []).token_ids == list(expected["input_ids"])  # type: ignore[call-overload,index]
     with pytest.raises(InvalidInput, match="text-only"):
-        adapter.layout(builder.build(ours), [ImageInput("ab" * 32, 4)])
+        adapter.layout(builder.build(ours), [ImageRef("ab" * 32, 4)])
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_text_never_becomes_a_control_token(checkpoint, kind: str, injected: str
     assert ids.count(control) == baseline
     assert f"{injected[0]}{BREAK}{injected[1:]}" in tokenizer.decode(ids)
     assert adapter.layout(ids, []).spans == []
-    image = ImageInput("cd" * 32, 4, (1, 4, 4))
+    image = ImageRef("cd" * 32, 4, (1, 4, 4))
     layout = adapter.layout(builder.build([ChatMessage("user", (image, TextPart(injected)))]), [image])
     assert adapter.image_token_id is not None
     assert [span.start for span in layout.spans] == [layout.token_ids.index(adapter.image_token_id)]
@@ -227,7 +227,7 @@ def test_text_parts_joined_into_a_control_token_are_refused(checkpoint) -> None:
 
 def test_placeholder_count_must_match_the_images(checkpoint) -> None:
     builder, adapter = _builder(checkpoint("llava"))
-    image = ImageInput("ab" * 32, 16)
+    image = ImageRef("ab" * 32, 16)
     ids = builder.build([ChatMessage("user", (image, TextPart("hi")))])
     with pytest.raises(InvalidInput, match="1 image placeholders but the messages carry 2 images"):
         adapter.layout(ids, [image, image])
@@ -243,7 +243,7 @@ def test_mrope_positions_equal_transformers_get_rope_index(checkpoint) -> None:
         hf, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     grids = [tuple(int(g) for g in grid) for grid in inputs["image_grid_thw"]]
-    images = [ImageInput(f"{i:064x}", math.prod(g) // 4, g) for i, g in enumerate(grids)]
+    images = [ImageRef(f"{i:064x}", math.prod(g) // 4, g) for i, g in enumerate(grids)]
     layout = adapter.layout(builder.build(ours), images)
     layout = PromptLayout(
         layout.token_ids, [ImageSpan(s.start, s.image, s.image.grid_thw) for s in layout.spans]
@@ -263,9 +263,9 @@ def test_mrope_positions_equal_transformers_get_rope_index(checkpoint) -> None:
 def test_qwen2_vl_refuses_a_grid_that_disagrees_with_the_token_count(checkpoint) -> None:
     adapter = adapter_for(AutoConfig.from_pretrained(checkpoint("qwen2_vl")))
     with pytest.raises(InvalidInput, match="does not give num_tokens"):
-        adapter.check_image(ImageSpan(0, ImageInput("ab" * 32, 5), (1, 4, 4)))
+        adapter.check_image(ImageSpan(0, ImageRef("ab" * 32, 5), (1, 4, 4)))
     with pytest.raises(InvalidInput, match="patch grid"):
-        adapter.check_image(ImageSpan(0, ImageInput("ab" * 32, 4), ()))
+        adapter.check_image(ImageSpan(0, ImageRef("ab" * 32, 4), ()))
 
 
 def test_a_template_that_refuses_the_conversation_is_invalid_input(checkpoint) -> None:

@@ -26,7 +26,7 @@ from tandem.errors import DeadlineExceeded
 from tandem.serving.bootstrap import channel_options
 from tandem.testing.checkpoints import make_test_image
 from vision_service.config import VisionConfig
-from vision_service.domain import ImageSource
+from vision_service.domain import ImageInput
 from vision_service.inprocess import RunningVision, running_vision
 
 
@@ -126,7 +126,7 @@ async def test_deadlines_and_cancellation_drop_unwanted_work(gated, redis_server
     queued_a = encode_call(stub, png(2), timeout=0.5)  # queued behind x, deadline passes
     queued_b = encode_call(stub, png(3))  # queued, then the client cancels
     shared = [encode_call(stub, png(4), timeout=0.5), encode_call(stub, png(4))]  # one caller stays
-    domain = asyncio.ensure_future(service.encode([ImageSource(data=png(5))], timeout=0.5))
+    domain = asyncio.ensure_future(service.encode([ImageInput(data=png(5))], timeout=0.5))
     await eventually(lambda: service.encoder.backlog == 4)  # a, b, shared, domain wait behind x
     assert len(leaders()) == 5
     queued_b.cancel()

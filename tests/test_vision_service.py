@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoProcessor, LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
@@ -25,8 +26,10 @@ from tandem.serving.bootstrap import channel_options
 from tandem.testing.checkpoints import make_test_image
 from vision_service.__main__ import main
 from vision_service.adapters import UnsupportedModel, load_adapter
+from vision_service.app import VisionApp
 from vision_service.config import VisionConfig
 from vision_service.inprocess import running_vision
+from vision_service.servicer import SERVICE_NAME
 
 FULL_MODELS: dict[str, Any] = {
     "llava": LlavaForConditionalGeneration,
@@ -188,6 +191,27 @@ async def test_vision_info(checkpoint) -> None:
         info.context_length
         == json.loads((path / "config.json").read_text())["text_config"]["max_position_embeddings"]
     )
+
+
+async def test_not_serving_and_unavailable_until_the_weights_are_warm(checkpoint) -> None:
+    app = VisionApp(vision_config(checkpoint("llava")))
+    port = await app.server.start()
+    try:
+        channel, stub = stub_for(f"127.0.0.1:{port}")
+        async with channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            before = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            assert before.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as loading:
+                await stub.GetVisionInfo(vision_pb2.GetVisionInfoRequest())
+            assert loading.value.code() == grpc.StatusCode.UNAVAILABLE
+            await app.warmup()
+            await app.server.set_serving()
+            after = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            assert after.status == health_pb2.HealthCheckResponse.SERVING
+            assert (await stub.GetVisionInfo(vision_pb2.GetVisionInfoRequest())).info.is_vlm
+    finally:
+        await app.stop()
 
 
 async def test_without_redis_everything_is_inline(checkpoint) -> None:

@@ -1,49 +1,24 @@
-"""``python -m vision_service``: serve one VLM's vision half over gRPC.
-
-The server starts at once with health NOT_SERVING, loads the vision tower and projector, warms
-up, reports SERVING, and drains on SIGTERM/SIGINT.
-"""
+"""``python -m vision_service``: serve one VLM's vision half over gRPC until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
 from tandem.models.checkpoint import resolve
-from tandem.serving.bootstrap import GrpcServer, ServerOptions, configure_logging, run_until_signal
+from tandem.serving.app import run_service
+from tandem.serving.bootstrap import configure_logging
 from tandem.serving.options import parse_config
 from vision_service.adapters import UnsupportedModel, adapter_for, architecture_of
+from vision_service.app import VisionApp
 from vision_service.config import VisionConfig
-from vision_service.service import VisionService
-from vision_service.servicer import SERVICE_NAME, VisionServicer
 
 log = logging.getLogger("vision_service")
 
 DESCRIPTION = """Tandem vision service: images -> embeddings (vision tower + projector only),
-cached in Redis by the sha256 of the image bytes. Flags override environment variables."""
-
-
-async def serve(config: VisionConfig) -> None:
-    """Run the service until SIGTERM/SIGINT."""
-    servicer = VisionServicer()
-    server = GrpcServer(ServerOptions.from_config(config), [servicer.register], [SERVICE_NAME])
-    loaded: list[VisionService] = []
-
-    async def warmup() -> None:
-        service = await VisionService.start(config)
-        loaded.append(service)
-        servicer.attach(service)
-
-    async def shutdown() -> None:
-        for service in loaded:
-            await service.close()
-
-    try:
-        await run_until_signal(server, warmup, shutdown)
-    finally:
-        await server.drain()
+cached in Redis by the sha256 of the image bytes. Health reports SERVING once the weights are
+loaded and warmed up. Flags override environment variables."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     try:
-        asyncio.run(serve(config))
+        run_service(lambda: VisionApp(config))
     except Exception:
         log.exception("vision service failed")
         return 1

@@ -1,40 +1,23 @@
-"""Typed values between the servicer (proto edge) and the vision service (domain)."""
+"""Typed values between the servicer (proto edge) and the vision service (domain).
+
+The service takes ``ImageInput`` values and returns an ``ImageRef`` per image; both are the
+shared wire values of ``tandem.wire.types``, re-exported here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class ImageSource:
-    """One image of an Encode call: its bytes, or the id an earlier call returned."""
-
-    data: bytes | None = None
-    image_id: str | None = None
-    media_type: str = ""
-
-    def __repr__(self) -> str:
-        what = (
-            f"bytes={len(self.data)}" if self.data is not None else f"image_id={(self.image_id or '')[:12]}"
-        )
-        return f"ImageSource({what}, media_type={self.media_type!r})"
+from tandem.wire.types import ImageInput as ImageInput
+from tandem.wire.types import ImageRef as ImageRef
 
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """The result for one image: what the language side needs to find or take its embedding."""
+    """The result for one image: the ``ref`` the language side needs, and whether it was cached."""
 
-    image_id: str
-    num_tokens: int
-    grid_thw: tuple[int, ...]
-    inline_record: bytes
+    ref: ImageRef
     cache_hit: bool
-
-    def __repr__(self) -> str:
-        return (
-            f"EncodedImage(image_id={self.image_id[:12]}, num_tokens={self.num_tokens}, "
-            f"grid_thw={self.grid_thw}, inline={len(self.inline_record)}B, cache_hit={self.cache_hit})"
-        )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tandem.metrics import Metrics
-from tandem.serving.bootstrap import GrpcServer, ServerOptions
+from tandem.serving.bootstrap import GrpcServer
+from vision_service.app import VisionApp
 from vision_service.config import VisionConfig
 from vision_service.service import VisionService
-from vision_service.servicer import SERVICE_NAME, VisionServicer
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,9 @@ async def running_vision(
     config: VisionConfig, metrics: Metrics | None = None
 ) -> AsyncIterator[RunningVision]:
     """Load, warm up and serve ``config`` (port 0 = a free port); drained and closed on exit."""
-    service = await VisionService.start(config, metrics)
+    app = VisionApp(config, metrics)
     try:
-        servicer = VisionServicer(service)
-        server = GrpcServer(ServerOptions.from_config(config), [servicer.register], [SERVICE_NAME])
-        await server.start()
-        try:
-            await server.set_serving()
-            yield RunningVision(f"{config.host}:{server.port}", service, server)
-        finally:
-            await server.drain()
+        port = await app.start()
+        yield RunningVision(f"{config.host}:{port}", app.service, app.server)
     finally:
-        await service.close()
+        await app.stop()

@@ -44,7 +44,7 @@ from tandem.models.fingerprint import fingerprint
 from vision_service import media
 from vision_service.adapters import Pixels, VisionAdapter, load_adapter
 from vision_service.config import VisionConfig
-from vision_service.domain import EncodedImage, ImageSource, VisionInfo
+from vision_service.domain import EncodedImage, ImageInput, ImageRef, VisionInfo
 from vision_service.encoder import EncoderWorker
 from vision_service.singleflight import HeldLeases, ReplicaLease, SingleFlight, Wanted
 
@@ -144,7 +144,7 @@ class VisionService:
             await self.cache.store.close()
 
     async def encode(
-        self, sources: Sequence[ImageSource], force_inline: bool = False, timeout: float | None = None
+        self, sources: Sequence[ImageInput], force_inline: bool = False, timeout: float | None = None
     ) -> list[EncodedImage]:
         """Embeddings of ``sources`` in order (references, or inline when not stored).
 
@@ -173,7 +173,7 @@ class VisionService:
             self.metrics.inc("requests_timed_out")
             raise DeadlineExceeded("the deadline passed before the images were encoded") from None
 
-    async def _resolve(self, source: ImageSource) -> _Image:
+    async def _resolve(self, source: ImageInput) -> _Image:
         if source.data is not None:
             fmt = media.sniff(source.data, source.media_type, self.limits)
             return _Image(await image_id_of_async(source.data), source.data, fmt, from_store=False)
@@ -196,9 +196,8 @@ class VisionService:
         header, inline = outcome.header, b""
         if force_inline or not outcome.stored:
             inline = (outcome.embedding or await self._read_whole(header.image_id)).to_record()
-        return EncodedImage(
-            header.image_id, header.num_tokens, tuple(header.grid_thw), inline, outcome.cache_hit
-        )
+        ref = ImageRef(header.image_id, header.num_tokens, tuple(header.grid_thw), inline)
+        return EncodedImage(ref, outcome.cache_hit)
 
     async def _read_whole(self, image_id: str) -> Embedding:
         """The whole embedding of a hit whose header alone was read (for an inline answer)."""

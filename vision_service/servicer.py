@@ -10,38 +10,22 @@ from grpc import aio
 from vlm.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 
 from tandem.errors import Unavailable
-from vision_service.domain import EncodedImage, ImageSource, VisionInfo
+from tandem.wire.convert import image_input_from_pb, image_ref_to_pb, model_info_to_pb
+from tandem.wire.types import ModelInfo
+from vision_service.domain import EncodedImage, VisionInfo
 from vision_service.service import VisionService
 
 SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
 
 
-def source_from_pb(image: vision_pb2.ImageInput) -> ImageSource:
-    source = image.WhichOneof("source")
-    if source == "data":
-        return ImageSource(data=image.data, media_type=image.media_type)
-    if source == "image_id":
-        return ImageSource(image_id=image.image_id, media_type=image.media_type)
-    return ImageSource(media_type=image.media_type)
-
-
 def encoded_to_pb(result: EncodedImage) -> vision_pb2.EncodedImage:
-    ref = common_pb2.ImageRef(
-        image_id=result.image_id,
-        num_tokens=result.num_tokens,
-        grid_thw=list(result.grid_thw),
-        inline_record=result.inline_record,
-    )
-    return vision_pb2.EncodedImage(ref=ref, cache_hit=result.cache_hit)
+    return vision_pb2.EncodedImage(ref=image_ref_to_pb(result.ref), cache_hit=result.cache_hit)
 
 
 def info_to_pb(info: VisionInfo) -> common_pb2.ModelInfo:
-    return common_pb2.ModelInfo(
-        model=info.model,
-        architecture=info.architecture,
-        is_vlm=True,
-        fingerprint=info.fingerprint,
-        context_length=info.context_length,
+    """The vision half of the model, as ``ModelInfo`` (a vision worker always serves a VLM)."""
+    return model_info_to_pb(
+        ModelInfo(info.model, info.architecture, True, info.fingerprint, info.context_length)
     )
 
 
@@ -66,8 +50,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     async def Encode(
         self, request: vision_pb2.EncodeRequest, context: aio.ServicerContext
     ) -> vision_pb2.EncodeResponse:
-        sources = [source_from_pb(i) for i in request.images]
-        results = await self.service.encode(sources, request.force_inline, context.time_remaining())
+        images = [image_input_from_pb(i) for i in request.images]
+        results = await self.service.encode(images, request.force_inline, context.time_remaining())
         return vision_pb2.EncodeResponse(images=[encoded_to_pb(r) for r in results])
 
     async def GetVisionInfo(

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from llm_service.conversation import ImageInput
+from llm_service.conversation import ImageRef
 from tandem.errors import InvalidInput
 
 
@@ -30,7 +30,7 @@ class ImageSpan:
     """An image's rows in the expanded prompt: ``[start, start + image.num_tokens)``."""
 
     start: int
-    image: ImageInput
+    image: ImageRef
     grid_thw: tuple[int, ...] = ()
 
     @property
@@ -78,7 +78,7 @@ class Adapter:
         """Processor semantics: add special tokens unless the template already wrote the BOS."""
         return not (bos_token and prompt.startswith(bos_token))
 
-    def layout(self, token_ids: Sequence[int], images: Sequence[ImageInput]) -> PromptLayout:
+    def layout(self, token_ids: Sequence[int], images: Sequence[ImageRef]) -> PromptLayout:
         """Replace the i-th placeholder by ``images[i].num_tokens`` placeholders."""
         placeholder = self.image_token_id
         slots = [i for i, t in enumerate(token_ids) if t == placeholder] if placeholder is not None else []
@@ -109,6 +109,6 @@ class Adapter:
         length = len(layout.token_ids)
         return torch.arange(length, dtype=torch.long).unsqueeze(0), length
 
-    def dummy_image(self) -> ImageInput:
+    def dummy_image(self) -> ImageRef:
         """An image of a size this family produces, for warm-up (features are made by the caller)."""
         raise NotImplementedError(f"{type(self).__name__} takes no images")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from llm_service.adapters.base import Adapter
-from llm_service.conversation import ImageInput
+from llm_service.conversation import ImageRef
 
 DUMMY_IMAGE_ID = "0" * 64
 
@@ -29,5 +29,5 @@ class LlavaAdapter(Adapter):
         token = getattr(self.config, "image_token_id", None)
         return int(token if token is not None else self.config.image_token_index)
 
-    def dummy_image(self) -> ImageInput:
-        return ImageInput(DUMMY_IMAGE_ID, int(getattr(self.config, "image_seq_length", 576)))
+    def dummy_image(self) -> ImageRef:
+        return ImageRef(DUMMY_IMAGE_ID, int(getattr(self.config, "image_seq_length", 576)))

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from llm_service.adapters.base import Adapter, ImageSpan, PromptLayout
-from llm_service.conversation import ImageInput
+from llm_service.conversation import ImageRef
 from tandem.errors import InvalidInput
 
 DUMMY_IMAGE_ID = "0" * 64
@@ -71,6 +71,6 @@ class Qwen2VLAdapter(Adapter):
         axes = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
         return torch.stack(axes).reshape(3, -1)
 
-    def dummy_image(self) -> ImageInput:
+    def dummy_image(self) -> ImageRef:
         side = 2 * self.merge
-        return ImageInput(DUMMY_IMAGE_ID, math.prod((1, side, side)) // self.merge**2, (1, side, side))
+        return ImageRef(DUMMY_IMAGE_ID, math.prod((1, side, side)) // self.merge**2, (1, side, side))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llm_service.adapters.base import Adapter, PromptLayout
-from llm_service.conversation import ImageInput
+from llm_service.conversation import ImageRef
 from tandem.errors import InvalidInput
 
 
@@ -20,7 +20,7 @@ class TextAdapter(Adapter):
     def add_special_tokens(self, prompt: str, bos_token: str | None) -> bool:
         return False
 
-    def layout(self, token_ids: Sequence[int], images: Sequence[ImageInput]) -> PromptLayout:
+    def layout(self, token_ids: Sequence[int], images: Sequence[ImageRef]) -> PromptLayout:
         if images:
             name = self.config.architectures[0] if self.config.architectures else "this model"
             raise InvalidInput(

@@ -2,17 +2,19 @@
 
 Adapters (``llm_service.adapters``) implement ``LanguageModel`` and build ``EngineRequest``s;
 the servicer consumes ``TokenEvent``s. Nothing here knows about protos or model families.
+``FinishReason`` and ``Usage`` are the shared wire values of ``tandem.wire.types``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
-FinishReason = Literal["stop", "length", "cancelled"]
+from tandem.wire.types import FinishReason as FinishReason
+from tandem.wire.types import Usage as Usage
 
 
 class LanguageModel(Protocol):
@@ -114,16 +116,6 @@ class EngineRequest:
             f"image_tokens={self.image_tokens}, session={self.session_id is not None}, "
             f"sampling={self.sampling!r})"
         )
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token accounting of a finished request (prompt_tokens includes image and cached tokens)."""
-
-    prompt_tokens: int
-    image_tokens: int
-    completion_tokens: int
-    cached_tokens: int
 
 
 @dataclass(frozen=True)

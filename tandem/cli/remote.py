@@ -1,7 +1,9 @@
-"""``tandem generate`` and ``tandem chat``: talk to a running gateway with the generated stubs.
+"""``tandem generate`` and ``tandem chat``: talk to a running gateway through ``tandem.client``.
 
 Errors print the gRPC status code and the server's message (never a traceback) and the command
-exits non-zero: 1 for an RPC error, 2 for a local problem such as an unreadable image file.
+exits non-zero: 1 for an RPC error, 2 for a local problem such as an unreadable image file or
+an invalid option value. The client is imported when a command runs, so ``tandem --help`` and
+``tandem up`` never load grpc for it.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-URL_PREFIXES = ("http://", "https://", "data:")
+if TYPE_CHECKING:
+    from tandem.client import GenerationConfig, Pipeline, Response
+
+CHAT_BANNER = "/image PATH attaches an image to the next turn, /exit ends"
 
 
 class LocalError(Exception):
@@ -83,151 +85,110 @@ def add_chat_parser(commands: Any) -> None:
     parser.set_defaults(run=run_chat)
 
 
-def _channel(args: argparse.Namespace) -> Any:
-    import grpc
+def open_pipeline(args: argparse.Namespace) -> tuple[Pipeline, GenerationConfig]:
+    """The client for ``--address`` and friends, and the sampling flags; ``LocalError`` if invalid."""
+    from tandem.client import GenerationConfig, Pipeline
 
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ]
-    if args.tls:
-        return grpc.secure_channel(args.address, grpc.ssl_channel_credentials(), options=options)
-    return grpc.insecure_channel(args.address, options=options)
-
-
-def _metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {args.token}")] if args.token else []
-
-
-def image_part(source: str) -> Any:
-    """A ``vlm.v1.Part`` for an image file path, URL or data URI."""
-    from vlm.v1 import gateway_pb2
-
-    if source.startswith(URL_PREFIXES):
-        return gateway_pb2.Part(image=gateway_pb2.ImageSource(url=source))
     try:
-        data = Path(source).expanduser().read_bytes()
-    except OSError as exc:
-        raise LocalError(f"cannot read image {source!r}: {exc.strerror or exc}") from exc
-    return gateway_pb2.Part(image=gateway_pb2.ImageSource(data=data))
+        config = GenerationConfig(max_new_tokens=args.max_new_tokens or None, temperature=args.temperature)
+        return Pipeline(args.address, token=args.token, tls=args.tls, timeout=args.timeout), config
+    except ValueError as exc:
+        raise LocalError(str(exc)) from exc
 
 
-def user_parts(text: str, images: Sequence[str]) -> list[Any]:
-    """Images first, then the text (the LLaVA convention; the template places them)."""
-    from vlm.v1 import gateway_pb2
+def load_images(sources: Sequence[str]) -> list[bytes | str]:
+    """Image files read now (by the client's own reader), URLs and data: URIs as given.
 
-    return [*(image_part(i) for i in images), gateway_pb2.Part(text=text)]
+    Reading before the call makes an unreadable file a local error rather than a failed call.
+    """
+    from tandem.client import InvalidArgument
+    from tandem.client.images import to_image_source
+
+    loaded: list[bytes | str] = []
+    for source in sources:
+        try:
+            image = to_image_source(source)
+        except InvalidArgument as exc:
+            raise LocalError(exc.details) from exc
+        loaded.append(image.url or image.data)
+    return loaded
 
 
-def _sampling(args: argparse.Namespace) -> Any:
-    from vlm.v1 import common_pb2
+def print_stream(chunks: Iterable[Response], stream: bool, out: TextIO) -> Response:
+    """Print an answer's text (chunk by chunk when ``stream``); returns the whole answer."""
+    from tandem.client import Response
 
-    return common_pb2.SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-
-
-def print_stream(replies: Iterable[Any], stream: bool, out: TextIO) -> Any:
-    """Print the text of a Generate/Chat stream; returns the last message."""
-    last = None
-    pieces = []
-    for reply in replies:
-        last = reply
+    answer = Response()
+    for chunk in chunks:
+        answer.extend(chunk)
         if stream:
-            out.write(reply.text)
+            out.write(chunk.text)
             out.flush()
-        else:
-            pieces.append(reply.text)
-    out.write("" if stream else "".join(pieces))
+    out.write("" if stream else answer.text)
     out.write("\n")
     out.flush()
-    return last
+    return answer
 
 
-def _report_usage(first_ids: Sequence[str], last: Any) -> None:
+def _report_usage(answer: Response) -> None:
     from vlm.v1 import common_pb2
 
-    if last is None:
-        return
-    reason = common_pb2.FinishReason.Name(last.finish_reason)
-    u = last.usage
+    from tandem.client import Usage
+    from tandem.wire.convert import finish_to_pb
+
+    reason = common_pb2.FinishReason.Name(finish_to_pb(answer.finish_reason))
+    u = answer.usage or Usage()
     print(
         f"finish={reason} prompt_tokens={u.prompt_tokens} image_tokens={u.image_tokens} "
         f"completion_tokens={u.completion_tokens} cached_tokens={u.cached_tokens} "
-        f"image_ids={list(first_ids)}",
+        f"image_ids={answer.image_ids}",
         file=sys.stderr,
     )
 
 
-def _rpc_error(exc: Exception) -> int:
-    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-    details = exc.details() if hasattr(exc, "details") else ""
-    print(f"error: {code}: {details}", file=sys.stderr)
-    return 1
+def _failed(exc: Exception, code: int) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return code
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import grpc
-    from vlm.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+    from tandem.client import TandemClientError
 
     try:
-        message = gateway_pb2.ChatMessage(
-            role=common_pb2.ROLE_USER, parts=user_parts(args.prompt, args.image)
-        )
+        prompt = (args.prompt, load_images(args.image))
+        pipe, config = open_pipeline(args)
     except LocalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    request = gateway_pb2.GenerateRequest(
-        messages=[message], sampling=_sampling(args), request_id=uuid.uuid4().hex
-    )
-    with _channel(args) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        return _failed(exc, 2)
+    with pipe:
         try:
-            replies = stub.Generate(request, timeout=args.timeout, metadata=_metadata(args))
-            ids: list[str] = []
-            last = print_stream(_collect_ids(replies, ids), args.stream, sys.stdout)
-        except grpc.RpcError as exc:
-            return _rpc_error(exc)
+            answer = print_stream(pipe.stream_infer(prompt, config), args.stream, sys.stdout)
+        except TandemClientError as exc:  # its str is "CODE: the server's message"
+            return _failed(exc, 1)
     if args.usage:
-        _report_usage(ids, last)
+        _report_usage(answer)
     return 0
 
 
-def _collect_ids(replies: Iterable[Any], ids: list[str]) -> Iterator[Any]:
-    for reply in replies:
-        if reply.image_ids and not ids:
-            ids.extend(reply.image_ids)
-        yield reply
-
-
 def run_chat(args: argparse.Namespace) -> int:
-    import grpc
-    from vlm.v1 import gateway_pb2, gateway_pb2_grpc
+    from tandem.client import TandemClientError
 
-    with _channel(args) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        session_id = args.session
+    try:
+        pipe, config = open_pipeline(args)
+    except LocalError as exc:
+        return _failed(exc, 2)
+    with pipe:
         try:
-            if not session_id:
-                created = stub.CreateSession(
-                    gateway_pb2.CreateSessionRequest(system_prompt=args.system),
-                    timeout=args.timeout,
-                    metadata=_metadata(args),
-                )
-                session_id = created.session.session_id
-        except grpc.RpcError as exc:
-            return _rpc_error(exc)
-        print(
-            f"session {session_id} (/image PATH attaches an image to the next turn, /exit ends)",
-            file=sys.stderr,
-        )
+            session_id = args.session or pipe.create_session(args.system).session_id
+        except TandemClientError as exc:
+            return _failed(exc, 1)
+        print(f"session {session_id} ({CHAT_BANNER})", file=sys.stderr)
         try:
-            return _chat_loop(args, stub, session_id, sys.stdin)
+            return _chat_loop(pipe, config, session_id, sys.stdin)
         except KeyboardInterrupt:
             return 130
 
 
-def _chat_loop(args: argparse.Namespace, stub: Any, session_id: str, lines: TextIO) -> int:
-    from vlm.v1 import gateway_pb2
-
+def _chat_loop(pipe: Pipeline, config: GenerationConfig, session_id: str, lines: TextIO) -> int:
     pending: list[str] = []
     failed = False
     interactive = lines.isatty()
@@ -243,27 +204,23 @@ def _chat_loop(args: argparse.Namespace, stub: Any, session_id: str, lines: Text
             continue
         if not text:
             continue
+        images, pending = pending, []
         try:
-            parts = user_parts(text, pending)
+            prompt = (text, load_images(images))
         except LocalError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            pending.clear()
+            _failed(exc, 2)
             failed = True
             continue
-        pending.clear()
-        request = gateway_pb2.ChatRequest(
-            session_id=session_id, parts=parts, sampling=_sampling(args), request_id=uuid.uuid4().hex
-        )
-        failed = _chat_turn(args, stub, request) or failed
+        failed = _chat_turn(pipe, config, session_id, prompt) or failed
 
 
-def _chat_turn(args: argparse.Namespace, stub: Any, request: Any) -> bool:
+def _chat_turn(pipe: Pipeline, config: GenerationConfig, session_id: str, prompt: object) -> bool:
     """One turn; True when it failed (the session is then left as it was)."""
-    import grpc
+    from tandem.client import TandemClientError
 
     try:
-        print_stream(stub.Chat(request, timeout=args.timeout, metadata=_metadata(args)), True, sys.stdout)
-    except grpc.RpcError as exc:
-        _rpc_error(exc)
+        print_stream(pipe.stream_chat(prompt, session_id, config), True, sys.stdout)
+    except TandemClientError as exc:
+        _failed(exc, 1)
         return True
     return False

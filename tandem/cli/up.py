@@ -23,8 +23,6 @@ from typing import Any, TextIO
 
 from tandem.launcher import ChildFailed, Launcher, ServiceSpec
 
-DEFAULT_MODEL_KIND = "llava"
-DEFAULT_MODEL_ROOT = Path("~/.cache/tandem/models")
 CONFIGS = {
     "vision": ("vision_service", "vision_service.config", "VisionConfig"),
     "llm": ("llm_service", "llm_service.config", "LlmConfig"),
@@ -44,8 +42,7 @@ def add_parser(commands: Any) -> None:
         "--model",
         default=os.environ.get("TANDEM_MODEL"),
         help="checkpoint folder or Hugging Face hub id (default: $TANDEM_MODEL, else Tandem's default "
-        "model if the package ships it, else a tiny random LLaVA checkpoint built under "
-        f"{DEFAULT_MODEL_ROOT})",
+        "model, which ships in the package)",
     )
     parser.add_argument("--redis-url", help="use this Redis instead of starting an embedded redis-server")
     parser.add_argument(
@@ -114,22 +111,15 @@ def config_argv(config: type[Any], values: Mapping[str, Any], required: tuple[st
 
 
 def default_model(out: TextIO | None = None) -> str:
-    """Tandem's shipped default checkpoint when present, else a tiny random one built on first use."""
+    """The checkpoint of Tandem's default model, shipped in the package."""
     from tandem.default_model import CHECKPOINT
 
-    out = out or sys.stdout
-    if (CHECKPOINT / "config.json").exists():
-        print(f"model: Tandem's default model ({CHECKPOINT})", file=out, flush=True)
-        return str(CHECKPOINT)
-    from tandem.testing.checkpoints import ensure_checkpoint
-
-    root = DEFAULT_MODEL_ROOT.expanduser()
-    print(
-        f"model: tiny random LLaVA checkpoint under {root} (built on first use; its answers are gibberish)",
-        file=out,
-        flush=True,
-    )
-    return str(ensure_checkpoint(DEFAULT_MODEL_KIND, root))
+    if not (CHECKPOINT / "config.json").is_file():
+        raise SystemExit(
+            f"tandem up: the default model is missing from this install ({CHECKPOINT}); pass --model"
+        )
+    print(f"model: Tandem's default model ({CHECKPOINT})", file=out or sys.stdout, flush=True)
+    return str(CHECKPOINT)
 
 
 def is_vlm(model: str) -> bool:

@@ -5,7 +5,7 @@ exports the async client, the response types and the typed errors. It imports ne
 Pillow (Pillow only when a PIL image is passed in).
 """
 
-from tandem.client.async_pipeline import AsyncPipeline
+from tandem.client.async_pipeline import AsyncPipeline, AsyncSession
 from tandem.client.config import GenerationConfig
 from tandem.client.errors import (
     Aborted,
@@ -22,9 +22,8 @@ from tandem.client.errors import (
     Unimplemented,
 )
 from tandem.client.images import ImageId
-from tandem.client.pipeline import Pipeline, pipeline
+from tandem.client.pipeline import Pipeline, Session, pipeline
 from tandem.client.response import HistoryMessage, ModelInfo, Response, SessionInfo, Usage
-from tandem.client.session import AsyncSession, Session
 
 __all__ = [
     "Aborted",

@@ -4,6 +4,8 @@ One ``grpc.aio`` channel to the gateway, opened on first use inside the running 
 A batch sends its prompts concurrently (at most ``max_concurrency`` calls in flight) and returns
 answers in prompt order; streams yield ``Response`` chunks as they arrive, and closing a stream
 early cancels its call. gRPC failures surface as the typed errors of ``tandem.client.errors``.
+``AsyncSession`` (the handle of a server-side chat session) sits beside it, on the
+``SessionHandle`` base that the sync ``Session`` shares.
 """
 
 from __future__ import annotations
@@ -11,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
-from typing import Any, overload
+from typing import Any, Generic, TypeVar, Unpack, overload
 
 import grpc
 from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 
-from tandem.client.channel import ClientOptions
+from tandem.client.channel import ClientOptions, ConnectionArgs
 from tandem.client.config import GenerationConfig
 from tandem.client.errors import InvalidArgument, from_rpc_error
 from tandem.client.prompts import is_batch, to_messages, user_parts
-from tandem.client.response import ModelInfo, Response, SessionInfo
-from tandem.client.session import AsyncSession, session_id_of
+from tandem.client.response import HistoryMessage, ModelInfo, Response, SessionInfo
+from tandem.wire.convert import model_info_from_pb
 
 GenConfigs = GenerationConfig | Sequence[GenerationConfig] | None
 # Static shapes for type checkers: one prompt -> Response, a list of prompts -> list[Response].
@@ -51,28 +52,54 @@ def build_chat_request(
     )
 
 
+PipeT = TypeVar("PipeT")
+
+
+class SessionHandle(Generic[PipeT]):
+    """A server-side chat session as a pipeline hands it out (``Session``, ``AsyncSession``).
+
+    The history lives in the gateway's store, not in this object: a session can be continued
+    from another process (or another replica) by its ``session_id``. ``response`` is the answer
+    of the last turn made through this handle.
+    """
+
+    def __init__(self, pipe: PipeT, session_id: str, response: Response | None = None):
+        self._pipe = pipe
+        self.session_id = session_id
+        self.response = response
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(session_id={self.session_id!r})"
+
+
+def session_id_of(session: SessionHandle[Any] | str) -> str:
+    """The id of a session handle, or the id itself."""
+    sid = session if isinstance(session, str) else session.session_id
+    if not sid:
+        raise ValueError("a session id must be a non-empty string")
+    return sid
+
+
 class AsyncPipeline:
-    """Talks to a Tandem gateway; use ``async with AsyncPipeline(...)`` or ``await close()``."""
+    """Talks to a Tandem gateway; use ``async with AsyncPipeline(...)`` or ``await close()``.
+
+    ``gen_config`` is the default sampling of every call; the connection keywords (``token``,
+    ``tls``, ``root_certificates``, ``timeout``, ``max_concurrency``, ``max_message_bytes``)
+    are those of ``ClientOptions``.
+    """
 
     def __init__(
         self,
         address: str = "localhost:50051",
         *,
         gen_config: GenerationConfig | None = None,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | str | Path | None = None,
-        timeout: float | None = None,
-        max_concurrency: int = 64,
-        max_message_bytes: int = 64 * 1024 * 1024,
+        **connection: Unpack[ConnectionArgs],
     ):
-        self.options = ClientOptions(
-            address, token, tls, root_certificates, timeout, max_message_bytes, max_concurrency
-        )
+        self.options = ClientOptions(address, **connection)
         self.gen_config = gen_config or GenerationConfig()
         self._stub: gateway_pb2_grpc.GatewayServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = asyncio.Semaphore(self.options.max_concurrency)
 
     async def __aenter__(self) -> AsyncPipeline:
         return self
@@ -287,4 +314,20 @@ class AsyncPipeline:
     async def model_info(self) -> ModelInfo:
         """What the gateway serves (architecture, VLM or text-only, context length)."""
         reply = await self._unary(self.stub.GetModelInfo, gateway_pb2.GetModelInfoRequest())
-        return ModelInfo.from_pb(reply.info)
+        return model_info_from_pb(reply.info)
+
+
+class AsyncSession(SessionHandle[AsyncPipeline]):
+    """A chat session of an ``AsyncPipeline``: ``await apipe.chat(prompt, session=sess)``."""
+
+    async def get_history(self) -> list[HistoryMessage]:
+        """The committed messages, read from the gateway."""
+        return list((await self._pipe.get_session(self.session_id)).messages)
+
+    async def chat(self, prompt: object, gen_config: GenerationConfig | None = None) -> AsyncSession:
+        """Add one user turn; same as ``await apipe.chat(prompt, session=self)``."""
+        return await self._pipe.chat(prompt, session=self, gen_config=gen_config)
+
+    async def close(self) -> None:
+        """Delete the session on the server."""
+        await self._pipe.end_session(self.session_id)

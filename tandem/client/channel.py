@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import grpc
 from grpc import aio
+
+
+class ConnectionArgs(TypedDict, total=False):
+    """The connection keywords both pipelines take (see ``ClientOptions``)."""
+
+    token: str | None
+    tls: bool
+    root_certificates: bytes | str | Path | None
+    timeout: float | None
+    max_concurrency: int
+    max_message_bytes: int
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,28 @@
     print(sess.response.text)
 
 Every method runs the ``AsyncPipeline`` coroutine of the same name on a private event loop
-thread, so behaviour (batching, streaming, errors) is identical in both clients.
+thread, so behaviour (batching, streaming, errors) is identical in both clients. ``Session`` is
+the sync pipeline's handle of a server-side chat session.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, overload
+from typing import Any, Unpack, overload
 
-from tandem.client.async_pipeline import AsyncPipeline, BatchPrompts, GenConfigs, OnePrompt
+from tandem.client.async_pipeline import (
+    AsyncPipeline,
+    BatchPrompts,
+    GenConfigs,
+    OnePrompt,
+    SessionHandle,
+    session_id_of,
+)
+from tandem.client.channel import ConnectionArgs
 from tandem.client.config import GenerationConfig
 from tandem.client.loop_thread import LoopThread
-from tandem.client.response import ModelInfo, Response, SessionInfo
-from tandem.client.session import Session, session_id_of
+from tandem.client.response import HistoryMessage, ModelInfo, Response, SessionInfo
 
 
 def _shutdown(loop: LoopThread, client: AsyncPipeline) -> None:
@@ -35,30 +42,19 @@ def _shutdown(loop: LoopThread, client: AsyncPipeline) -> None:
 
 
 class Pipeline:
-    """A blocking client of a Tandem gateway; ``close()`` it (or use ``with``) when done."""
+    """A blocking client of a Tandem gateway; ``close()`` it (or use ``with``) when done.
+
+    Takes the arguments of ``AsyncPipeline`` (``gen_config`` and the connection keywords).
+    """
 
     def __init__(
         self,
         address: str = "localhost:50051",
         *,
         gen_config: GenerationConfig | None = None,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | str | Path | None = None,
-        timeout: float | None = None,
-        max_concurrency: int = 64,
-        max_message_bytes: int = 64 * 1024 * 1024,
+        **connection: Unpack[ConnectionArgs],
     ):
-        self.aio = AsyncPipeline(
-            address,
-            gen_config=gen_config,
-            token=token,
-            tls=tls,
-            root_certificates=root_certificates,
-            timeout=timeout,
-            max_concurrency=max_concurrency,
-            max_message_bytes=max_message_bytes,
-        )
+        self.aio = AsyncPipeline(address, gen_config=gen_config, **connection)
         self._loop = LoopThread()
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self.aio)
 
@@ -161,10 +157,38 @@ class Pipeline:
         return self._loop.run(self.aio.model_info())
 
 
-def pipeline(address: str = "localhost:50051", **options: object) -> Pipeline:
+class Session(SessionHandle[Pipeline]):
+    """A chat session of a sync ``Pipeline``: ``pipe.chat(prompt, session=sess)`` continues it."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def history(self) -> list[HistoryMessage]:
+        """The committed messages, read from the gateway."""
+        return list(self._pipe.get_session(self.session_id).messages)
+
+    def chat(self, prompt: object, gen_config: GenerationConfig | None = None) -> Session:
+        """Add one user turn; same as ``pipe.chat(prompt, session=self)``."""
+        return self._pipe.chat(prompt, session=self, gen_config=gen_config)
+
+    def close(self) -> None:
+        """Delete the session on the server."""
+        self._pipe.end_session(self.session_id)
+
+
+def pipeline(
+    address: str = "localhost:50051",
+    *,
+    gen_config: GenerationConfig | None = None,
+    **connection: Unpack[ConnectionArgs],
+) -> Pipeline:
     """A ``Pipeline`` connected to the gateway at ``address`` (LMDeploy's entry point).
 
     Options: ``gen_config``, ``token``, ``tls``, ``root_certificates``, ``timeout``,
     ``max_concurrency``, ``max_message_bytes`` (see ``Pipeline``).
     """
-    return Pipeline(address, **options)  # type: ignore[arg-type]
+    return Pipeline(address, gen_config=gen_config, **connection)

@@ -21,17 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vlm.v1 import common_pb2, gateway_pb2
+from vlm.v1 import gateway_pb2
 
 from tandem.client.errors import InvalidArgument
 from tandem.client.images import is_image, to_image_source
-
-_ROLES = {
-    "system": common_pb2.ROLE_SYSTEM,
-    "developer": common_pb2.ROLE_SYSTEM,
-    "user": common_pb2.ROLE_USER,
-    "assistant": common_pb2.ROLE_ASSISTANT,
-}
+from tandem.wire.convert import role_to_pb
+from tandem.wire.types import role_from_name
 
 
 def _is_dict_list(value: object, key: str) -> bool:
@@ -113,10 +108,10 @@ def content_parts(content: object) -> list[gateway_pb2.Part]:
 
 
 def _message(message: dict[str, Any]) -> gateway_pb2.ChatMessage:
-    role = _ROLES.get(message.get("role", ""))
+    role = role_from_name(message.get("role"))
     if role is None:
         raise InvalidArgument(f"unsupported role {message.get('role')!r}: use system, user or assistant")
-    return gateway_pb2.ChatMessage(role=role, parts=content_parts(message.get("content")))
+    return gateway_pb2.ChatMessage(role=role_to_pb(role), parts=content_parts(message.get("content")))
 
 
 def user_parts(prompt: object) -> list[gateway_pb2.Part]:
@@ -142,4 +137,4 @@ def to_messages(prompt: object) -> list[gateway_pb2.ChatMessage]:
     """One prompt in any accepted form -> the conversation ``GenerateRequest.messages`` holds."""
     if is_messages(prompt):
         return [_message(message) for message in prompt]  # type: ignore[attr-defined]
-    return [gateway_pb2.ChatMessage(role=common_pb2.ROLE_USER, parts=user_parts(prompt))]
+    return [gateway_pb2.ChatMessage(role=role_to_pb("user"), parts=user_parts(prompt))]

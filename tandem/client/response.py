@@ -1,45 +1,20 @@
-"""What the client returns: answers, token usage, stored history and model info."""
+"""What the client returns: answers, token usage, stored history and model info.
+
+``Usage`` and ``ModelInfo`` are the wire values of ``tandem.wire.types``, re-exported here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
-from vlm.v1 import common_pb2, gateway_pb2
+from vlm.v1 import gateway_pb2
 
 from tandem.client.images import ImageId
-
-FinishReason = Literal["stop", "length", "cancelled"]
-
-_FINISH: dict[int, FinishReason] = {
-    common_pb2.FINISH_REASON_STOP: "stop",
-    common_pb2.FINISH_REASON_LENGTH: "length",
-    common_pb2.FINISH_REASON_CANCELLED: "cancelled",
-}
-_ROLE_NAMES = {
-    common_pb2.ROLE_SYSTEM: "system",
-    common_pb2.ROLE_USER: "user",
-    common_pb2.ROLE_ASSISTANT: "assistant",
-}
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token accounting of one generation (image placeholder tokens count as prompt tokens)."""
-
-    prompt_tokens: int = 0
-    image_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @classmethod
-    def from_pb(cls, usage: common_pb2.Usage) -> Usage:
-        return cls(usage.prompt_tokens, usage.image_tokens, usage.completion_tokens, usage.cached_tokens)
+from tandem.wire.convert import finish_from_pb, role_from_pb, usage_from_pb
+from tandem.wire.types import FinishReason
+from tandem.wire.types import ModelInfo as ModelInfo
+from tandem.wire.types import Usage as Usage
 
 
 @dataclass
@@ -84,11 +59,10 @@ class Response:
         session_id: str | None = None,
     ) -> Response:
         """One stream message -> a chunk."""
-        finish = _FINISH.get(message.finish_reason)
         return cls(
             text=message.text,
-            finish_reason=finish,
-            usage=Usage.from_pb(message.usage) if message.HasField("usage") else None,
+            finish_reason=finish_from_pb(message.finish_reason),
+            usage=usage_from_pb(message.usage) if message.HasField("usage") else None,
             image_ids=list(message.image_ids),
             token_ids=list(message.token_ids),
             session_id=session_id,
@@ -128,7 +102,7 @@ class HistoryMessage:
             ImageId(part.image_id) if part.WhichOneof("kind") == "image_id" else part.text
             for part in message.parts
         ]
-        return cls(_ROLE_NAMES.get(message.role, "unspecified"), tuple(parts))
+        return cls(role_from_pb(message.role) or "unspecified", tuple(parts))
 
 
 def _time(ms: int) -> datetime:
@@ -154,18 +128,3 @@ class SessionInfo:
             _time(session.updated_at_ms),
             session.ttl_seconds,
         )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The model the gateway serves."""
-
-    model: str
-    architecture: str
-    is_vlm: bool
-    fingerprint: str
-    context_length: int
-
-    @classmethod
-    def from_pb(cls, info: common_pb2.ModelInfo) -> ModelInfo:
-        return cls(info.model, info.architecture, info.is_vlm, info.fingerprint, info.context_length)

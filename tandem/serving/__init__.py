@@ -1,1 +1,3 @@
-"""What every service shares: the gRPC server bootstrap, the error interceptor, config parsing."""
+"""What every service shares: the server and Redis config (``config``), config parsing
+(``options``), the gRPC server bootstrap (``bootstrap``), the readiness gate (``readiness``), the
+process lifecycle (``app``), auth and the error interceptor."""

@@ -1,9 +1,9 @@
 """Frozen config dataclasses built once at the edge from CLI flags and environment variables.
 
-Each service declares one frozen dataclass whose fields carry ``opt(...)`` metadata (help text
-and environment variable). ``parse_config`` turns it into an argparse parser, so ``--help``
-explains every option, its default and its variable, and values are validated by the
-dataclass's ``__post_init__``. Nothing reads the environment at import time.
+Each service declares one frozen dataclass whose fields carry ``opt(...)`` metadata (help text,
+environment variable, choices, ``--help`` section). ``parse_config`` turns it into an argparse
+parser, so ``--help`` explains every option, its default and its variable, and values are
+validated by the dataclass's ``__post_init__``. Nothing reads the environment at import time.
 """
 
 from __future__ import annotations
@@ -19,9 +19,29 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def opt(help: str, *, env: str | None = None, choices: Sequence[str] | None = None) -> dict[str, Any]:
-    """Field metadata: the ``--help`` text, an optional environment variable and choices."""
-    return {"help": help, "env": env, "choices": choices}
+def opt(
+    help: str, *, env: str | None = None, choices: Sequence[str] | None = None, group: str | None = None
+) -> dict[str, Any]:
+    """Field metadata: the ``--help`` text, an optional environment variable, choices and the
+    ``--help`` section that lists the option (None: the service's own options)."""
+    return {"help": help, "env": env, "choices": choices, "group": group}
+
+
+def at_least(config: object, minimum: float, *names: str) -> None:
+    """Raise ``ValueError`` for the first field of ``names`` whose value is below ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{name}={value!r} must be >= {minimum}")
+
+
+def check_choices(config: Any) -> None:
+    """Raise ``ValueError`` for a field outside the ``choices`` of its metadata (flags are checked
+    by argparse; this covers configs built in code)."""
+    for field in dataclasses.fields(config):
+        choices = field.metadata.get("choices")
+        if choices is not None and getattr(config, field.name) not in choices:
+            raise ValueError(f"{field.name}={getattr(config, field.name)!r} must be one of {tuple(choices)}")
 
 
 def _base_type(tp: Any) -> Any:
@@ -60,39 +80,53 @@ def _flag(name: str) -> str:
 
 
 def build_parser(cls: type[Any], description: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """An argparse parser with one option per dataclass field."""
+    """An argparse parser with one option per dataclass field, grouped by the fields' ``group``."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    sections: dict[str | None, Any] = {None: parser}
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        meta = field.metadata
-        if "help" not in meta:
+        if "help" not in field.metadata:
             continue
-        tp = hints[field.name]
-        default = field.default if field.default is not dataclasses.MISSING else None
-        env_name = meta.get("env")
-        if env_name and env_name in env:
-            try:
-                default = _convert(tp, env[env_name])
-            except ValueError as exc:
-                parser.error(f"environment variable {env_name}={env[env_name]!r}: {exc}")
-        help_text = meta["help"] + f" (default: {default!r}"
-        help_text += f"; env {env_name})" if env_name else ")"
-        if _base_type(tp) is bool:
-            parser.add_argument(
-                _flag(field.name), default=default, action=argparse.BooleanOptionalAction, help=help_text
-            )
-        else:
-            parser.add_argument(
-                _flag(field.name),
-                default=default,
-                type=_converter(tp),
-                choices=meta.get("choices"),
-                help=help_text,
-                metavar=field.name.upper(),
-            )
+        group = field.metadata.get("group")
+        if group not in sections:
+            sections[group] = parser.add_argument_group(f"{group} options")
+        _add_option(parser, sections[group], field, hints[field.name], env)
     return parser
+
+
+def _add_option(
+    parser: argparse.ArgumentParser,
+    section: Any,
+    field: dataclasses.Field[Any],
+    tp: Any,
+    env: Mapping[str, str],
+) -> None:
+    """Add ``field``'s flag to ``section``; its default is the environment's value, if set."""
+    meta = field.metadata
+    default = field.default if field.default is not dataclasses.MISSING else None
+    env_name = meta.get("env")
+    if env_name and env_name in env:
+        try:
+            default = _convert(tp, env[env_name])
+        except ValueError as exc:
+            parser.error(f"environment variable {env_name}={env[env_name]!r}: {exc}")
+    help_text = meta["help"] + f" (default: {default!r}"
+    help_text += f"; env {env_name})" if env_name else ")"
+    if _base_type(tp) is bool:
+        section.add_argument(
+            _flag(field.name), default=default, action=argparse.BooleanOptionalAction, help=help_text
+        )
+    else:
+        section.add_argument(
+            _flag(field.name),
+            default=default,
+            type=_converter(tp),
+            choices=meta.get("choices"),
+            help=help_text,
+            metavar=field.name.upper(),
+        )
 
 
 def parse_config(

@@ -176,7 +176,7 @@ def patch_labels(scene: Scene, grid: int, sure: float = 0.1) -> tuple[list[int],
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tandem.default_model.scenes OUT.png [--seed N] [--size PX]``: save a random scene."""
+    """``python -m recipes.default_model.scenes OUT.png [--seed N] [--size PX]``: save a random scene."""
     import argparse
 
     parser = argparse.ArgumentParser(

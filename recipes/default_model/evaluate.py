@@ -1,6 +1,6 @@
 """Score the default model on held-out synthetic questions, in-process and through a running Tandem.
 
-    python -m tandem.default_model.evaluate [--model DIR] [--n 200] [--address HOST:PORT | --in-process-only]
+    python -m recipes.default_model.evaluate [--model DIR] [--n 200] [--address HOST:PORT | --in-process-only]
 
 ``--n`` questions of each kind (``data.KINDS``) are drawn with ``--seed`` (training uses 0 and
 1, so the default 1234 is unseen data). In-process, the checkpoint answers with plain Hugging
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from recipes.default_model.data import KINDS, Message, Sample, eval_set
 from tandem.default_model import CHECKPOINT
-from tandem.default_model.data import KINDS, Message, Sample, eval_set
 
 EVAL_SEED = 1234
 MAX_NEW_TOKENS = 32
@@ -110,7 +110,7 @@ def evaluate(
         "mistakes": mistakes(samples, local),
     }
     if address:
-        from tandem.default_model.remote import GatewayAnswerer
+        from recipes.default_model.remote import GatewayAnswerer
 
         say(f"gateway {address}: the same {len(samples)} questions through gRPC Generate ...")
         started = time.monotonic()
@@ -151,7 +151,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tandem.default_model.evaluate",
+        prog="python -m recipes.default_model.evaluate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.address or args.in_process_only:
         report = evaluate(args.model, args.n, args.seed, args.address, args.kinds)
     else:
-        from tandem.default_model.system import running_tandem
+        from recipes.default_model.system import running_tandem
 
         print(f"starting Tandem (tandem up --model {args.model}) ...", file=sys.stderr, flush=True)
         with running_tandem(args.model) as address:

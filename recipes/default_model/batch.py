@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from tandem.default_model.data import Message, Sample
-from tandem.default_model.scenes import Scene, patch_labels
+from recipes.default_model.data import Message, Sample
+from recipes.default_model.scenes import Scene, patch_labels
 
 IGNORE = -100
 

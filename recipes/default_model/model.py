@@ -28,8 +28,8 @@ from transformers import (
     LlavaProcessor,
 )
 
-from tandem.default_model.data import corpus
-from tandem.default_model.scenes import GRID, IMAGE_SIZE
+from recipes.default_model.data import corpus
+from recipes.default_model.scenes import GRID, IMAGE_SIZE
 from tandem.testing.checkpoints import TOKENIZER_KWARGS
 
 IMAGE_TOKEN = "<image>"

@@ -1,6 +1,6 @@
 """Train Tandem's default model from scratch on synthetic shapes, on the CPU, in minutes.
 
-    python -m tandem.default_model.train --out DIR [--steps 3000] [--vision-steps 2500] [--seed 0]
+    python -m recipes.default_model.train --out DIR [--steps 3000] [--vision-steps 2500] [--seed 0]
 
 Builds the tokenizer, processor and an untrained ``LlavaForConditionalGeneration`` (see
 ``model``), then trains with plain PyTorch AdamW on batches drawn on the fly from
@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from tandem.default_model.batch import Batch, Encoder
-from tandem.default_model.data import Sample, sample_stream
-from tandem.default_model.model import Architecture, build_model, build_processor, build_tokenizer
-from tandem.default_model.probe import VisionProbe
-from tandem.default_model.scenes import random_scene, render
+from recipes.default_model.batch import Batch, Encoder
+from recipes.default_model.data import Sample, sample_stream
+from recipes.default_model.model import Architecture, build_model, build_processor, build_tokenizer
+from recipes.default_model.probe import VisionProbe
+from recipes.default_model.scenes import random_scene, render
 
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -263,7 +263,7 @@ def save(model: Any, processor: Any, config: TrainConfig, summary: dict[str, Any
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(
-        prog="python -m tandem.default_model.train",
+        prog="python -m recipes.default_model.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from tandem.default_model.scenes import COLOURS, GRID, IGNORE_LABEL, SHAPES
+from recipes.default_model.scenes import COLOURS, GRID, IGNORE_LABEL, SHAPES
 
 WEIGHTS = {"shape": 1.0, "colour": 0.2, "vertical": 0.25, "horizontal": 0.25}
 CLASSES = {"shape": 1 + len(SHAPES), "colour": 1 + len(COLOURS), "vertical": 2, "horizontal": 2}

@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from tandem.default_model.scenes import CELLS, COLOURS, SHAPES, Scene, random_scene, render
+from recipes.default_model.scenes import CELLS, COLOURS, SHAPES, Scene, random_scene, render
 
 KINDS: tuple[str, ...] = (
     "shape",
