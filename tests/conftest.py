@@ -1,4 +1,9 @@
-"""Shared fixtures: a real redis-server per test session, and tiny checkpoints built once."""
+"""Shared fixtures: a real redis-server per test session, and tiny checkpoints built once.
+
+The tree is tiered, and each tier is a marker of the same name (``pytest -m unit``):
+``unit/`` pure logic with fakes, ``models/`` adapters and the engine on tiny real checkpoints,
+``system/`` real servers, processes and Redis. Inside a tier, one folder per package.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,16 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TIERS = ("unit", "models", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, the first folder below tests/."""
+    for item in items:
+        parts = Path(item.path).relative_to(Path(__file__).parent).parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +57,8 @@ def checkpoint(checkpoint_root: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def client_stack(checkpoint, redis_server, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """vision + llm + two gateways (gRPC and OpenAI HTTP) as real processes; see tests/client_stack.py."""
-    from tests.client_stack import start_stack
+    """vision + llm + two gateways (gRPC and OpenAI HTTP) as real processes (support/client_stack.py)."""
+    from tests.support.client_stack import start_stack
 
     log_dir = tmp_path_factory.mktemp("client-stack")
     with start_stack(checkpoint("llava"), redis_server.url, log_dir) as stack:

@@ -1,0 +1,28 @@
+"""Fixtures of the gateway's system tests: whole split systems, started once per package."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from tandem.redis_local import LocalRedis
+from tests.support.gateway_stack import Stack, start_stack
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
+async def stacks(checkpoint, redis_server: LocalRedis) -> AsyncIterator[dict[str, Stack]]:  # type: ignore[no-untyped-def]
+    """LLaVA and a text-only Llama, each behind its own gateway."""
+    async with contextlib.AsyncExitStack() as exits:
+        yield {
+            kind: await start_stack(kind, checkpoint(kind), redis_server.url, exits)
+            for kind in ("llava", "llama")
+        }
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
+async def qwen2_vl(checkpoint, redis_server: LocalRedis) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+    """Qwen2-VL (M-RoPE, grid_thw) behind its own gateway, started only for its tests."""
+    async with contextlib.AsyncExitStack() as exits:
+        yield await start_stack("qwen2_vl", checkpoint("qwen2_vl"), redis_server.url, exits)
