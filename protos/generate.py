@@ -4,8 +4,8 @@ Usage: ``python protos/generate.py [--out DIR]``
 
 The generated modules import each other as ``vlm.v1.<name>_pb2`` (absolute imports, no
 post-processing), because the proto files live at ``protos/vlm/v1/`` and ``protos/`` is the
-include root. ``tests/test_protos.py`` regenerates into a temporary folder and fails on any
-difference from the committed files.
+include root. ``tests/unit/protos/test_protos.py`` regenerates into a temporary folder and fails
+on any difference from the committed files.
 """
 
 from __future__ import annotations

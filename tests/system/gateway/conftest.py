@@ -1,13 +1,17 @@
-"""Fixtures of the gateway's system tests: whole split systems, started once per package."""
+"""Fixtures of the gateway's system tests: whole split systems, started once per package, and
+the gateway in front of fake services (support/fake_system.py), started per test."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from tandem.redis_local import LocalRedis
+from tests.support.fake_system import StartSystem, System, start_fake_system
 from tests.support.gateway_stack import Stack, start_stack
 
 
@@ -26,3 +30,14 @@ async def qwen2_vl(checkpoint, redis_server: LocalRedis) -> AsyncIterator[Stack]
     """Qwen2-VL (M-RoPE, grid_thw) behind its own gateway, started only for its tests."""
     async with contextlib.AsyncExitStack() as exits:
         yield await start_stack("qwen2_vl", checkpoint("qwen2_vl"), redis_server.url, exits)
+
+
+@pytest.fixture
+async def start_system(redis_server: LocalRedis) -> AsyncIterator[StartSystem]:
+    """Start fakes + gateway; everything started is stopped at the end, even after a failure."""
+    async with contextlib.AsyncExitStack() as exits:
+
+        async def start(redis_url: str | None = None, **options: Any) -> System:
+            return await start_fake_system(exits, redis_url or redis_server.url, **options)
+
+        yield start
