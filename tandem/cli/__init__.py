@@ -3,7 +3,9 @@
 - ``tandem up``: Redis, the vision service (for a VLM), the language service and the gateway as
   separate processes, health-checked, stopped cleanly on Ctrl-C or SIGTERM.
 - ``tandem generate``: one request (prompt plus images) to a gateway; prints the answer.
-- ``tandem chat``: an interactive multi-turn session kept by the gateway.
+- ``tandem chat``: an interactive multi-turn session kept by the gateway (``/help`` inside).
+
+The client commands talk to ``--address``, else ``$TANDEM_ADDRESS``, else localhost:50051.
 
 Each subcommand lives in its own module and imports its heavy dependencies only when it runs.
 """
@@ -14,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tandem.cli import remote, up
+from tandem.cli import chat, remote, up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     up.add_parser(commands)
     remote.add_generate_parser(commands)
-    remote.add_chat_parser(commands)
+    chat.add_parser(commands)
     return parser
 
 

@@ -1,9 +1,11 @@
-"""``tandem generate`` and ``tandem chat``: talk to a running gateway through ``tandem.client``.
+"""``tandem generate``, and what it shares with ``tandem chat``: talking to a running gateway
+through ``tandem.client``.
 
-Errors print the gRPC status code and the server's message (never a traceback) and the command
-exits non-zero: 1 for an RPC error, 2 for a local problem such as an unreadable image file or
-an invalid option value. The client is imported when a command runs, so ``tandem --help`` and
-``tandem up`` never load grpc for it.
+The gateway is ``--address``, else ``$TANDEM_ADDRESS``, else localhost:50051 (the client's own
+default). Errors print the gRPC status code and the server's message (never a traceback) and the
+command exits non-zero: 1 for an RPC error, 2 for a local problem such as an unreadable image
+file or an invalid option value. The client is imported when a command runs, so ``tandem
+--help`` and ``tandem up`` never load grpc for it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from tandem.client import GenerationConfig, Pipeline, Response
 
-CHAT_BANNER = "/image PATH attaches an image to the next turn, /exit ends"
-
 
 class LocalError(Exception):
     """A problem on this side of the wire (e.g. an image file that cannot be read)."""
 
 
-def _add_connection(parser: argparse.ArgumentParser) -> None:
+def add_connection(parser: argparse.ArgumentParser) -> None:
+    """``--address``, ``--token``, ``--tls`` and ``--timeout``."""
     parser.add_argument(
-        "--address", default="localhost:50051", help="gateway host:port (default: %(default)s)"
+        "--address", help="gateway host:port (default: $TANDEM_ADDRESS, else localhost:50051)"
     )
     parser.add_argument(
         "--token",
@@ -39,7 +40,8 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampling(parser: argparse.ArgumentParser) -> None:
+def add_sampling(parser: argparse.ArgumentParser) -> None:
+    """``--max-new-tokens`` and ``--temperature``."""
     parser.add_argument(
         "--max-new-tokens", type=int, default=0, help="most tokens to generate (0: server default)"
     )
@@ -64,25 +66,9 @@ def add_generate_parser(commands: Any) -> None:
     parser.add_argument(
         "--usage", action="store_true", help="print finish reason, token usage and image ids to stderr"
     )
-    _add_sampling(parser)
-    _add_connection(parser)
+    add_sampling(parser)
+    add_connection(parser)
     parser.set_defaults(run=run_generate)
-
-
-def add_chat_parser(commands: Any) -> None:
-    parser = commands.add_parser(
-        "chat",
-        help="an interactive multi-turn session with a running gateway",
-        description=(
-            "Chat with a running Tandem gateway. Each line you type is one turn; the gateway keeps the "
-            "history. Commands: /image PATH_OR_URL attaches an image to the next turn, /exit ends."
-        ),
-    )
-    parser.add_argument("--session", help="continue this existing session id instead of creating one")
-    parser.add_argument("--system", default="", help="system prompt of a new session")
-    _add_sampling(parser)
-    _add_connection(parser)
-    parser.set_defaults(run=run_chat)
 
 
 def open_pipeline(args: argparse.Namespace) -> tuple[Pipeline, GenerationConfig]:
@@ -146,7 +132,8 @@ def _report_usage(answer: Response) -> None:
     )
 
 
-def _failed(exc: Exception, code: int) -> int:
+def failed(exc: Exception, code: int) -> int:
+    """Print ``error: <exc>`` to stderr; returns ``code``."""
     print(f"error: {exc}", file=sys.stderr)
     return code
 
@@ -158,69 +145,12 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt = (args.prompt, load_images(args.image))
         pipe, config = open_pipeline(args)
     except LocalError as exc:
-        return _failed(exc, 2)
+        return failed(exc, 2)
     with pipe:
         try:
             answer = print_stream(pipe.stream_infer(prompt, config), args.stream, sys.stdout)
         except TandemClientError as exc:  # its str is "CODE: the server's message"
-            return _failed(exc, 1)
+            return failed(exc, 1)
     if args.usage:
         _report_usage(answer)
     return 0
-
-
-def run_chat(args: argparse.Namespace) -> int:
-    from tandem.client import TandemClientError
-
-    try:
-        pipe, config = open_pipeline(args)
-    except LocalError as exc:
-        return _failed(exc, 2)
-    with pipe:
-        try:
-            session_id = args.session or pipe.create_session(args.system).session_id
-        except TandemClientError as exc:
-            return _failed(exc, 1)
-        print(f"session {session_id} ({CHAT_BANNER})", file=sys.stderr)
-        try:
-            return _chat_loop(pipe, config, session_id, sys.stdin)
-        except KeyboardInterrupt:
-            return 130
-
-
-def _chat_loop(pipe: Pipeline, config: GenerationConfig, session_id: str, lines: TextIO) -> int:
-    pending: list[str] = []
-    failed = False
-    interactive = lines.isatty()
-    while True:
-        if interactive:
-            print("you> ", end="", file=sys.stderr, flush=True)
-        line = lines.readline()
-        text = line.strip()
-        if not line or text == "/exit":
-            return 1 if failed else 0
-        if text.startswith("/image"):
-            pending.append(text.removeprefix("/image").strip())
-            continue
-        if not text:
-            continue
-        images, pending = pending, []
-        try:
-            prompt = (text, load_images(images))
-        except LocalError as exc:
-            _failed(exc, 2)
-            failed = True
-            continue
-        failed = _chat_turn(pipe, config, session_id, prompt) or failed
-
-
-def _chat_turn(pipe: Pipeline, config: GenerationConfig, session_id: str, prompt: object) -> bool:
-    """One turn; True when it failed (the session is then left as it was)."""
-    from tandem.client import TandemClientError
-
-    try:
-        print_stream(pipe.stream_chat(prompt, session_id, config), True, sys.stdout)
-    except TandemClientError as exc:
-        _failed(exc, 1)
-        return True
-    return False

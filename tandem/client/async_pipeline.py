@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar, Unpack, overload
 import grpc
 from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 
-from tandem.client.channel import ClientOptions, ConnectionArgs
+from tandem.client.channel import ClientOptions, ConnectionArgs, default_address
 from tandem.client.config import GenerationConfig
 from tandem.client.errors import InvalidArgument, from_rpc_error
 from tandem.client.prompts import is_batch, to_messages, user_parts
@@ -83,6 +83,7 @@ def session_id_of(session: SessionHandle[Any] | str) -> str:
 class AsyncPipeline:
     """Talks to a Tandem gateway; use ``async with AsyncPipeline(...)`` or ``await close()``.
 
+    ``address`` is the gateway's host:port (None: ``$TANDEM_ADDRESS``, else localhost:50051);
     ``gen_config`` is the default sampling of every call; the connection keywords (``token``,
     ``tls``, ``root_certificates``, ``timeout``, ``max_concurrency``, ``max_message_bytes``)
     are those of ``ClientOptions``.
@@ -90,12 +91,12 @@ class AsyncPipeline:
 
     def __init__(
         self,
-        address: str = "localhost:50051",
+        address: str | None = None,
         *,
         gen_config: GenerationConfig | None = None,
         **connection: Unpack[ConnectionArgs],
     ):
-        self.options = ClientOptions(address, **connection)
+        self.options = ClientOptions(default_address() if address is None else address, **connection)
         self.gen_config = gen_config or GenerationConfig()
         self._stub: gateway_pb2_grpc.GatewayServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
 import grpc
 from grpc import aio
+
+DEFAULT_ADDRESS = "localhost:50051"
+ADDRESS_ENV = "TANDEM_ADDRESS"
+
+
+def default_address(env: Mapping[str, str] | None = None) -> str:
+    """The gateway a client talks to when given no address: ``$TANDEM_ADDRESS`` (host:port),
+    else ``localhost:50051``. Read when a client is made, never at import."""
+    return (os.environ if env is None else env).get(ADDRESS_ENV, "").strip() or DEFAULT_ADDRESS
 
 
 class ConnectionArgs(TypedDict, total=False):
@@ -32,7 +43,7 @@ class ClientOptions:
     batch keeps in flight.
     """
 
-    address: str = "localhost:50051"
+    address: str = DEFAULT_ADDRESS
     token: str | None = None
     tls: bool = False
     root_certificates: bytes | str | Path | None = None

@@ -7,11 +7,18 @@ plain scripts, from threads and from programs (notebooks) that already run an ev
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# How long an interrupted call may take to unwind on the loop before the caller moves on.
+_CANCEL_WAIT_SECONDS = 5.0
 
 _DONE = object()
 
@@ -40,11 +47,16 @@ class LoopThread:
         if not self.running:
             coro.close()
             raise RuntimeError("the pipeline is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future: concurrent.futures.Future[T] | None = None
         try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
             return future.result()
         except BaseException:
-            future.cancel()
+            if future is not None:
+                # Let the cancelled coroutine unwind before anything else runs on the loop: an
+                # iterator's ``aclose`` must not start while its ``__anext__`` is still running.
+                future.cancel()
+                concurrent.futures.wait([future], timeout=_CANCEL_WAIT_SECONDS)
             raise
 
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
@@ -58,7 +70,10 @@ class LoopThread:
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None and self.running:
-                self.run(aclose())
+                try:
+                    self.run(aclose())
+                except RuntimeError as exc:  # interrupted before its step could be cancelled
+                    log.debug("stream not closed at once: %s", exc)
 
     def stop(self) -> None:
         """Stop the loop and join the thread; idempotent."""

@@ -4,7 +4,7 @@
 
     from tandem import pipeline, GenerationConfig
 
-    pipe = pipeline("localhost:50051")
+    pipe = pipeline("localhost:50051")  # or pipeline(): $TANDEM_ADDRESS, else localhost:50051
     print(pipe(("describe this image", "cat.png")).text)
     sess = pipe.chat("hi")
     sess = pipe.chat("and then?", session=sess)
@@ -44,12 +44,13 @@ def _shutdown(loop: LoopThread, client: AsyncPipeline) -> None:
 class Pipeline:
     """A blocking client of a Tandem gateway; ``close()`` it (or use ``with``) when done.
 
-    Takes the arguments of ``AsyncPipeline`` (``gen_config`` and the connection keywords).
+    Takes the arguments of ``AsyncPipeline``: ``address`` (None: ``$TANDEM_ADDRESS``, else
+    localhost:50051), ``gen_config`` and the connection keywords.
     """
 
     def __init__(
         self,
-        address: str = "localhost:50051",
+        address: str | None = None,
         *,
         gen_config: GenerationConfig | None = None,
         **connection: Unpack[ConnectionArgs],
@@ -181,12 +182,13 @@ class Session(SessionHandle[Pipeline]):
 
 
 def pipeline(
-    address: str = "localhost:50051",
+    address: str | None = None,
     *,
     gen_config: GenerationConfig | None = None,
     **connection: Unpack[ConnectionArgs],
 ) -> Pipeline:
-    """A ``Pipeline`` connected to the gateway at ``address`` (LMDeploy's entry point).
+    """A ``Pipeline`` connected to the gateway at ``address`` (LMDeploy's entry point); with no
+    address, ``$TANDEM_ADDRESS``, else localhost:50051.
 
     Options: ``gen_config``, ``token``, ``tls``, ``root_certificates``, ``timeout``,
     ``max_concurrency``, ``max_message_bytes`` (see ``Pipeline``).

@@ -23,15 +23,50 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.ti
 
 
 def resolve(model: str, revision: str | None = None) -> Path:
-    """Local folder of ``model`` (a path, or a hub id fetched/cached by huggingface_hub)."""
+    """Local folder of ``model`` (a path, or a hub id fetched/cached by huggingface_hub).
+
+    ``FileNotFoundError``, with a one-line message, when it is neither: no such folder, not a
+    valid hub id, no such (or a gated) repository or revision, or the hub unreachable and the id
+    not in the local cache.
+    """
     path = Path(model).expanduser()
     if path.is_dir():
         return path.resolve()
-    if path.exists() or model.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model path {model!r} is not a checkpoint folder")
+    if path.exists():
+        raise FileNotFoundError(f"model path {model!r} is a file, not a checkpoint folder")
+    if model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model path {model!r} does not exist")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(model, revision=revision, allow_patterns=_HUB_PATTERNS))
+    try:
+        return Path(snapshot_download(model, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except (OSError, ValueError) as exc:  # the hub's errors, network errors included
+        raise FileNotFoundError(_hub_failure(model, revision, exc)) from exc
+
+
+def _hub_failure(model: str, revision: str | None, exc: Exception) -> str:
+    """One line saying why ``model`` could not be had from the Hugging Face hub."""
+    from huggingface_hub import errors
+
+    name = f"model {model!r}"
+    if isinstance(exc, errors.HFValidationError):
+        return f"{name} is neither a checkpoint folder nor a valid Hugging Face hub id"
+    if isinstance(exc, errors.GatedRepoError):
+        return f"{name} is gated on the Hugging Face hub: accept its terms there and log in (`hf auth login`)"
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return (
+            f"{name} is neither a checkpoint folder nor a Hugging Face hub repository "
+            "(a private one needs `hf auth login`)"
+        )
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return f"{name} has no revision {revision!r} on the Hugging Face hub"
+    if isinstance(exc, errors.LocalEntryNotFoundError):
+        return (
+            f"{name} is not a checkpoint folder nor in the local Hugging Face cache, and the hub "
+            "cannot be reached (offline?)"
+        )
+    reason = str(exc).strip().splitlines() or [type(exc).__name__]
+    return f"{name}: cannot fetch it from the Hugging Face hub: {reason[0]}"
 
 
 def read_config(path: Path) -> dict[str, object]:

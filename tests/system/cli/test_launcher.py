@@ -163,3 +163,19 @@ def test_spec_needs_exactly_one_way_to_find_the_port(tmp_path: Path) -> None:
         ServiceSpec("x", ("true",))
     with pytest.raises(ValueError):
         ServiceSpec("x", ("true",), port_file=tmp_path / "p", port=1)
+
+
+def test_children_that_take_long_print_progress(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path / "logs", out=io.StringIO(), poll_seconds=0.05, progress_seconds=0.3)
+    never = ServiceSpec(
+        "slowpoke", (sys.executable, "-c", "import time; time.sleep(60)"), port_file=tmp_path / "x"
+    )
+    child = launcher.spawn(never)
+    try:
+        with pytest.raises(ChildFailed):
+            launcher.wait_for_port(child, timeout=1.2)
+    finally:
+        launcher.shutdown([], timeout=2)
+    lines = [line for line in output(launcher).splitlines() if "loading..." in line]
+    assert len(lines) >= 2 and lines[0].startswith("  slowpoke loading... "), output(launcher)
+    assert lines[-1].endswith(" s")

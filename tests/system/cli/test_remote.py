@@ -77,8 +77,11 @@ def run(argv: list[str]) -> int:
 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
+    """A real 2x2 PNG (``tandem chat`` checks an attached file with Pillow)."""
+    from PIL import Image
+
     path = tmp_path / "tiny.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("RGB", (2, 2), "red").save(path)
     return path
 
 
