@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tandem.serving.api_keys import ApiKeys, load_api_keys
 from tandem.serving.config import (
     MIB,
     RedisConfig,
@@ -14,6 +15,8 @@ from tandem.serving.config import (
     with_default,
 )
 from tandem.serving.options import at_least, opt
+
+CACHE_SCOPES = ("shared", "tenant")
 
 
 @dataclass(frozen=True)
@@ -75,17 +78,17 @@ class GatewayConfig(ServiceConfig):
         default=False,
         metadata=opt("DEV/TEST ONLY: let image URLs reach loopback and private addresses (SSRF risk)"),
     )
-    max_new_tokens_default: int = field(
-        default=256, metadata=opt("max_new_tokens when a request leaves it at 0", env="TANDEM_MAX_NEW_TOKENS")
-    )
     startup_timeout_seconds: float = field(
         default=0.0,
         metadata=opt("give up if the downstream services have not answered by then; 0 waits forever"),
     )
     downstream_auth_token: str | None = field(
         default=None,
+        repr=False,
         metadata=opt(
-            "bearer token sent to the vision and language services", env="TANDEM_DOWNSTREAM_AUTH_TOKEN"
+            "bearer token sent to the vision and language services when --internal-token is "
+            "unset (its older name)",
+            env="TANDEM_DOWNSTREAM_AUTH_TOKEN",
         ),
     )
     downstream_tls_ca: str | None = field(
@@ -115,11 +118,83 @@ class GatewayConfig(ServiceConfig):
     http_port_file: str | None = field(
         default=None, metadata=opt("write the bound HTTP port to this file once listening")
     )
+    api_key: tuple[str, ...] = field(
+        default=(),
+        repr=False,
+        metadata=opt(
+            "API key NAME=TOKEN: calls with `authorization: Bearer TOKEN` belong to tenant NAME "
+            "(comma-separated in the variable); with --api-keys-file and --auth-token (tenant "
+            "'default') these are the public keys; none: no auth, one anonymous tenant",
+            env="TANDEM_API_KEYS",
+            repeatable=True,
+        ),
+    )
+    api_keys_file: str | None = field(
+        default=None,
+        metadata=opt(
+            "file of NAME=TOKEN lines, or a directory of files named by tenant holding its token "
+            "(a mounted Kubernetes Secret)",
+            env="TANDEM_API_KEYS_FILE",
+        ),
+    )
+    cache_scope: str = field(
+        default="shared",
+        metadata=opt(
+            "shared: tenants sending the same image share its embedding (the cache works across "
+            "tenants; a tenant can time whether an image was seen); tenant: image keys are salted "
+            "per tenant (no cross-tenant reuse, no timing side channel)",
+            env="TANDEM_CACHE_SCOPE",
+            choices=CACHE_SCOPES,
+        ),
+    )
+    max_system_prompt_bytes: int = field(
+        default=64 * 1024, metadata=opt("largest session system prompt, UTF-8 bytes")
+    )
+    max_sessions_per_tenant: int = field(
+        default=10_000, metadata=opt("most live sessions of one tenant; 0 = no limit")
+    )
+    max_stored_bytes_per_tenant: int = field(
+        default=1024 * MIB,
+        metadata=opt(
+            "most bytes one tenant keeps in Redis (session records and the image bytes it sent, "
+            "counted approximately); 0 = no limit"
+        ),
+    )
+    max_inflight_bytes: int = field(
+        default=256 * MIB,
+        metadata=opt(
+            "most request bytes the gateway holds at once (HTTP bodies and gRPC Generate/Chat "
+            "messages); a request past it waits briefly, then gets RESOURCE_EXHAUSTED (HTTP 429)",
+            env="TANDEM_MAX_INFLIGHT_BYTES",
+        ),
+    )
+    http_read_timeout_seconds: float = field(
+        default=30.0,
+        metadata=opt(
+            "an HTTP client has this long to send a request's headers, and again its body; a slower "
+            "one is cut (slowloris), with 408 once its headers are in"
+        ),
+    )
+    health_check_seconds: float = field(
+        default=2.0,
+        metadata=opt(
+            "how often the gateway checks what it needs (a language replica, the state Redis); "
+            "health is NOT_SERVING while one is down"
+        ),
+    )
     host: str = listen_host(env="TANDEM_GATEWAY_HOST")
     port: int = listen_port(50051, env="TANDEM_GATEWAY_PORT")
     reflection: bool = with_default(ServerConfig, "reflection", False)
     redis_url: str = with_default(RedisConfig, "redis_url", "redis://127.0.0.1:6379/0")
     redis_timeout_seconds: float = with_default(RedisConfig, "redis_timeout_seconds", 2.0)
+
+    def api_keys(self) -> ApiKeys:
+        """The public keys: --api-key entries, the keys file (read now) and --auth-token."""
+        return load_api_keys(self.api_key, self.api_keys_file, self.auth_token)
+
+    def downstream_token(self) -> str | None:
+        """What the gateway sends the workers: the internal token (or its older name)."""
+        return self.internal_token or self.downstream_auth_token
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,15 +206,25 @@ class GatewayConfig(ServiceConfig):
             "session_ttl_seconds",
             "max_images_per_request",
             "max_image_bytes",
-            "max_new_tokens_default",
             "max_images_per_encode",
+            "max_system_prompt_bytes",
         )
+        at_least(self, 0, "max_sessions_per_tenant", "max_stored_bytes_per_tenant")
+        ApiKeys.parse(self.api_key)  # a malformed key fails here, at the edge
         if self.max_session_ttl_seconds < self.session_ttl_seconds:
             raise ValueError(f"{self.max_session_ttl_seconds=} must be >= {self.session_ttl_seconds=}")
         if not self.max_image_bytes <= self.max_request_bytes < self.max_message_bytes:
             raise ValueError(
                 f"need {self.max_image_bytes=} <= {self.max_request_bytes=} < {self.max_message_bytes=} "
                 "(image bytes must fit in one message to the vision service)"
+            )
+        if min(self.http_read_timeout_seconds, self.health_check_seconds) <= 0:
+            raise ValueError(
+                f"{self.http_read_timeout_seconds=} and {self.health_check_seconds=} must be > 0"
+            )
+        if self.max_inflight_bytes < self.max_message_bytes:
+            raise ValueError(
+                f"{self.max_inflight_bytes=} must be >= {self.max_message_bytes=} (one request must fit)"
             )
         if self.url_fetch_timeout_seconds <= 0 or self.turn_lock_seconds <= 0:
             raise ValueError(f"{self.url_fetch_timeout_seconds=} and {self.turn_lock_seconds=} must be > 0")

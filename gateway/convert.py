@@ -28,7 +28,23 @@ from tandem.wire.convert import (
     usage_to_pb,
 )
 
+MAX_REQUEST_ID_LENGTH = 128
+
 # --- public requests -------------------------------------------------------------------------
+
+
+def request_id_from_pb(request_id: str) -> str:
+    """A client's request id: at most ``MAX_REQUEST_ID_LENGTH`` printable ASCII characters.
+
+    It is stored with every committed turn and written to logs, so its size and alphabet are
+    bounded; empty means none (the gateway makes one).
+    """
+    if len(request_id) > MAX_REQUEST_ID_LENGTH or not (request_id.isascii() and request_id.isprintable()):
+        raise InvalidInput(
+            f"request_id must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters "
+            f"(got {len(request_id)} characters)"
+        )
+    return request_id
 
 
 def image_source_from_pb(image: gateway_pb2.ImageSource) -> ImageSource:
@@ -173,6 +189,7 @@ def _turn_to_pb(turn: CommittedTurn) -> gateway_pb2.CommittedTurn:
         finish_reason=finish_to_pb(turn.finish_reason),
         usage=usage_to_pb(turn.usage),
         image_ids=list(turn.image_ids),
+        input_digest=turn.input_digest,
     )
 
 
@@ -184,12 +201,13 @@ def _turn_from_pb(turn: gateway_pb2.CommittedTurn) -> CommittedTurn:
         finish_reason=finish_from_pb(turn.finish_reason) or "stop",
         usage=usage_from_pb(turn.usage),
         image_ids=tuple(turn.image_ids),
+        input_digest=turn.input_digest,
     )
 
 
 def encode_session(state: SessionState) -> bytes:
     """The stored ``SessionRecord``; ``session.messages`` stays empty (derived from ``messages``)."""
-    record = gateway_pb2.SessionRecord(session=session_to_pb(state, with_history=False))
+    record = gateway_pb2.SessionRecord(session=session_to_pb(state, with_history=False), tenant=state.tenant)
     record.messages.extend(message_to_pb(m) for m in state.messages)
     record.turns.extend(_turn_to_pb(t) for t in state.turns)
     return record.SerializeToString(deterministic=True)
@@ -204,4 +222,5 @@ def decode_session(value: bytes) -> SessionState:
         ttl_seconds=record.session.ttl_seconds,
         messages=tuple(message_from_pb(m) for m in record.messages),
         turns=tuple(_turn_from_pb(t) for t in record.turns),
+        tenant=record.tenant,
     )

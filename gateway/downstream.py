@@ -7,7 +7,8 @@ tokens its failure is the caller's failure. Downstream statuses become domain er
 INVALID_ARGUMENT, NOT_FOUND and RESOURCE_EXHAUSTED keep their (caller-facing) message,
 UNAVAILABLE and DEADLINE_EXCEEDED get our own message, anything else is a generic internal
 error (details go to the log only). A consumer that stops iterating a stream, or is
-cancelled, cancels the downstream call.
+cancelled, cancels the downstream call. Each call carries the request's id (``x-request-id``)
+and, when tracing, a client span's ``traceparent``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tandem.errors import (
     TandemError,
     Unavailable,
 )
+from tandem.serving import request_context
 from tandem.serving.bootstrap import channel_options
 from tandem.wire.convert import (
     finish_from_pb,
@@ -82,7 +84,9 @@ class Downstream:
         # round_robin: a headless Service name (dns:///vision:50053) resolves to every pod and
         # calls are balanced per call instead of pinned to the first address (pick_first).
         self._options = [*channel_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")]
-        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        )
         self._credentials = grpc.ssl_channel_credentials(tls_ca) if tls_ca else None
         self._channels: dict[str, aio.Channel] = {}
 
@@ -134,14 +138,15 @@ class Downstream:
         return self.vision
 
     async def encode(
-        self, images: Sequence[ImageInput], force_inline: bool, deadline: Deadline
+        self, images: Sequence[ImageInput], force_inline: bool, deadline: Deadline, scope: str = ""
     ) -> list[ImageRef]:
-        """Refs of ``images`` in order: one Encode call, or parallel ones past the per-call limit."""
+        """Refs of ``images`` in order: one Encode call, or parallel ones past the per-call limit;
+        ``scope`` salts the ids of sent bytes (``EncodeRequest.key_scope``)."""
         size = self.max_images_per_encode
         if len(images) <= size:
-            return await self._encode_once(images, force_inline, deadline)
+            return await self._encode_once(images, force_inline, deadline, scope)
         groups = [images[i : i + size] for i in range(0, len(images), size)]
-        tasks = [asyncio.ensure_future(self._encode_once(g, force_inline, deadline)) for g in groups]
+        tasks = [asyncio.ensure_future(self._encode_once(g, force_inline, deadline, scope)) for g in groups]
         try:
             results = await asyncio.gather(*tasks)
         finally:
@@ -150,15 +155,18 @@ class Downstream:
         return [ref for group in results for ref in group]
 
     async def _encode_once(
-        self, images: Sequence[ImageInput], force_inline: bool, deadline: Deadline
+        self, images: Sequence[ImageInput], force_inline: bool, deadline: Deadline, scope: str
     ) -> list[ImageRef]:
         request = vision_pb2.EncodeRequest(
-            images=[image_input_to_pb(i) for i in images], force_inline=force_inline
+            images=[image_input_to_pb(i) for i in images], force_inline=force_inline, key_scope=scope
         )
         for address in self._vision().next_order():
             stub = vision_pb2_grpc.VisionServiceStub(self._channel(address))
             try:
-                response = await stub.Encode(request, timeout=deadline.remaining(), metadata=self._metadata)
+                with request_context.outgoing("vlm.v1.VisionService/Encode", _peer(address)) as metadata:
+                    response = await stub.Encode(
+                        request, timeout=deadline.remaining(), metadata=(*self._metadata, *metadata)
+                    )
             except aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.UNAVAILABLE:
                     log.warning("vision replica %s unavailable; trying the next", address)
@@ -182,31 +190,58 @@ class Downstream:
         request_id: str,
         session_id: str,
         deadline: Deadline,
+        tenant: str = "",
     ) -> AsyncGenerator[Chunk, None]:
-        """Stream the answer from the session's replica (or the next round-robin one)."""
+        """Stream the answer from the session's replica (or the next round-robin one); the
+        language service keys the session's KV by (``tenant``, ``session_id``)."""
         request = llm_pb2.GenerateTokensRequest(
             request_id=request_id,
             messages=[convert.message_to_pb(m) for m in messages],
             sampling=convert.sampling_to_pb(sampling),
             session_id=session_id,
+            tenant=tenant,
         )
         for address in self.language.order(session_id or None):
             stub = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
-            call = stub.GenerateTokens(request, timeout=deadline.remaining(), metadata=self._metadata)
-            started = False
-            try:
-                async for response in call:
-                    started = True
-                    yield _chunk(response)
-                return
-            except aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and not started:
-                    log.warning("language replica %s unavailable; trying the next", address)
-                    continue
-                raise map_rpc_error(err, "language") from None
-            finally:
-                call.cancel()
+            outgoing = request_context.outgoing("vlm.v1.LanguageService/GenerateTokens", _peer(address))
+            with outgoing as metadata:
+                call = stub.GenerateTokens(
+                    request, timeout=deadline.remaining(), metadata=(*self._metadata, *metadata)
+                )
+                started = False
+                try:
+                    async for response in call:
+                        started = True
+                        yield _chunk(response)
+                    return
+                except aio.AioRpcError as err:
+                    if err.code() == grpc.StatusCode.UNAVAILABLE and not started:
+                        log.warning("language replica %s unavailable; trying the next", address)
+                        continue
+                    raise map_rpc_error(err, "language") from None
+                finally:
+                    call.cancel()
         raise Unavailable("the language service is unavailable; retry later")
+
+    async def release_session(self, session_id: str, tenant: str, timeout: float) -> None:
+        """Ask the session's replica (its rendezvous choice) to drop its KV; best effort, logged."""
+        address = self.language.order(session_id)[0]
+        stub = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
+        request = llm_pb2.ReleaseSessionRequest(session_id=session_id, tenant=tenant)
+        try:
+            await stub.ReleaseSession(request, timeout=timeout, metadata=self._metadata)
+        except aio.AioRpcError as err:
+            log.warning(
+                "language replica %s kept the KV of deleted session %s: %s",
+                address,
+                session_id,
+                err.code().name,
+            )
+
+
+def _peer(address: str) -> dict[str, str]:
+    """Span attributes of a call to ``address``."""
+    return {"rpc.system": "grpc", "server.address": address}
 
 
 def _chunk(response: llm_pb2.GenerateTokensResponse) -> Chunk:

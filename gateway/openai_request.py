@@ -8,7 +8,10 @@ default 1.0; 0 is greedy), ``top_p``, ``stop`` (a string or a list), ``seed``, `
 ``repetition_penalty``, ``stop_token_ids``, and ``session_id`` (server-side history: only the
 last user message is used, the session supplies the rest). Features the server does not have
 (tools, logprobs, penalties, logit bias, structured output) are refused, never silently
-dropped. Unknown fields are ignored. Every refusal is ``InvalidRequest`` naming the parameter.
+dropped. Unknown fields are ignored. Text the wire cannot carry is refused here, not when the
+downstream proto is built: a lone UTF-16 surrogate (a JSON ``\\ud800`` escape without its pair)
+in any forwarded string, a ``stop_token_ids`` entry beyond uint32. Every refusal is
+``InvalidRequest`` naming the parameter.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,8 @@ from tandem.wire.types import role_from_name
 _MAX_STOP = 16
 _INLINE_PARSE_BYTES = 1 << 20  # larger bodies (base64 images) are parsed in a thread
 _MAX_SEED = 2**64 - 1
+_MAX_TOKEN_ID = 2**32 - 1  # the proto's uint32
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON can escape one; no UTF-8 can carry it
 _REFUSED_IF_SET = {
     "tools": "tool calling is not supported",
     "functions": "function calling is not supported",
@@ -78,6 +84,17 @@ def _get(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], defaul
     return value
 
 
+def _text(value: str, param: str) -> str:
+    """``value``, unless it holds a lone surrogate (``"\\ud800"`` in JSON): not Unicode text."""
+    if _LONE_SURROGATE.search(value):
+        raise InvalidRequest(
+            f"'{param}' holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair); "
+            "send valid Unicode text",
+            param,
+        )
+    return value
+
+
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = float(_get(body, name, (int, float), default))
     if not low <= value <= high:
@@ -93,13 +110,13 @@ def _part(part: Any, where: str) -> Part:
         text = part.get("text")
         if not isinstance(text, str):
             raise InvalidRequest("a text part needs a string 'text'", where)
-        return text
+        return _text(text, where)
     if kind == "image_url":
         ref = part.get("image_url")
         url = ref.get("url") if isinstance(ref, dict) else ref
         if not isinstance(url, str) or not url:
             raise InvalidRequest("an image_url part needs image_url.url (an http(s) or data: URL)", where)
-        return ImageSource(url=url)
+        return ImageSource(url=_text(url, where))
     raise InvalidRequest(f"unsupported content part type {kind!r}; use 'text' or 'image_url'", where)
 
 
@@ -113,7 +130,7 @@ def _message(message: Any, index: int) -> Message:
         raise InvalidRequest(f"unsupported role {str(name)[:32]!r}; use system, user or assistant", where)
     content = message.get("content")
     if isinstance(content, str):
-        return Message(role, (content,))
+        return Message(role, (_text(content, where),))
     if isinstance(content, list):
         return Message(role, tuple(_part(p, f"{where}.content[{i}]") for i, p in enumerate(content)))
     if content is None and role == "assistant":
@@ -137,7 +154,7 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
         raise InvalidRequest("'stop' must be a non-empty string or a list of them", "stop")
     if len(items) > _MAX_STOP:
         raise InvalidRequest(f"at most {_MAX_STOP} stop strings", "stop")
-    return tuple(items)
+    return tuple(_text(s, "stop") for s in items)
 
 
 def _int(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -150,8 +167,13 @@ def _int(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
 def _sampling(body: dict[str, Any]) -> Sampling:
     max_tokens = _int(body, "max_completion_tokens", 1, 2**31) or _int(body, "max_tokens", 1, 2**31)
     stop_ids = body.get("stop_token_ids") or []
-    if not isinstance(stop_ids, list) or not all(isinstance(i, int) and i >= 0 for i in stop_ids):
-        raise InvalidRequest("'stop_token_ids' must be a list of non-negative token ids", "stop_token_ids")
+    if not isinstance(stop_ids, list) or not all(
+        type(i) is int and 0 <= i <= _MAX_TOKEN_ID for i in stop_ids
+    ):
+        raise InvalidRequest(
+            f"'stop_token_ids' must be a list of token ids (integers from 0 to {_MAX_TOKEN_ID})",
+            "stop_token_ids",
+        )
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0:
         raise InvalidRequest("'top_p' must be > 0 (use temperature 0 for greedy decoding)", "top_p")
@@ -200,9 +222,10 @@ def parse_chat_completion(body: Any, session_header: str | None = None) -> ChatC
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required (see GET /v1/models)", "model")
+    _text(model, "model")
     _refuse_unsupported(body)
     options = _get(body, "stream_options", dict, {})
-    session_id = _get(body, "session_id", str) or session_header or None
+    session_id = _text(_get(body, "session_id", str) or session_header or "", "session_id") or None
     return ChatCompletionRequest(
         model=model,
         messages=_messages(body),

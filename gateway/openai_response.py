@@ -2,8 +2,8 @@
 
 Errors follow OpenAI's body ``{"error": {"message", "type", "param", "code"}}`` with the HTTP
 status of the domain error: invalid input 400, unknown model or session 404, busy session 409,
-overload 429, bad token 401, not ready / dependency down 503, deadline 504, anything else 500
-with a generic message.
+a request id (``Idempotency-Key``) reused with another input 422, overload 429, bad token 401,
+not ready / dependency down 503, deadline 504, anything else 500 with a generic message.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tandem.errors import (
     InvalidInput,
     NotFound,
     Overloaded,
+    PreconditionFailed,
     TandemError,
     Unauthenticated,
     Unavailable,
@@ -32,6 +33,7 @@ _ERRORS: list[tuple[type[TandemError], int, str, str]] = [
     (InvalidInput, 400, "invalid_request_error", "invalid_value"),
     (NotFound, 404, "invalid_request_error", "not_found"),
     (Conflict, 409, "invalid_request_error", "conflict"),
+    (PreconditionFailed, 422, "invalid_request_error", "idempotency_key_reused"),
     (Overloaded, 429, "rate_limit_error", "overloaded"),
     (Unauthenticated, 401, "authentication_error", "invalid_api_key"),
     (Unavailable, 503, "server_error", "unavailable"),

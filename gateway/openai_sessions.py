@@ -4,7 +4,9 @@
 creates a session; ``GET /v1/sessions/{id}`` returns it with its history (images as
 ``{"type": "image_id"}`` parts); ``DELETE /v1/sessions/{id}`` deletes it. A chat completion
 with ``"session_id"`` in its body (or an ``X-Tandem-Session`` header) then sends only the new
-user turn and the gateway keeps the history, as ``GatewayService.Chat`` does.
+user turn and the gateway keeps the history, as ``GatewayService.Chat`` does. Every route acts
+for the caller's tenant (bound by the listener's auth middleware): another tenant's session is
+404, exactly like an unknown one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from gateway.messages import ImageRef, Message
 from gateway.openai_request import InvalidRequest, parse_json
 from gateway.service import Gateway
 from gateway.sessions import SessionState
+from tandem.serving.auth import current_tenant
 
 
 def _part(part: object) -> dict[str, str]:
@@ -70,13 +73,14 @@ class SessionRoutes:
 
     async def create(self, request: web.Request) -> web.Response:
         prompt, ttl = await _options(request)
-        return web.json_response(session_json(await self.gateway.create_session(prompt, ttl)))
+        state = await self.gateway.create_session(prompt, ttl, current_tenant())
+        return web.json_response(session_json(state))
 
     async def get(self, request: web.Request) -> web.Response:
-        state = await self.gateway.get_session(request.match_info["session_id"])
+        state = await self.gateway.get_session(request.match_info["session_id"], current_tenant())
         return web.json_response(session_json(state))
 
     async def delete(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
-        await self.gateway.delete_session(session_id)
+        await self.gateway.delete_session(session_id, current_tenant())
         return web.json_response({"id": session_id, "object": "session.deleted", "deleted": True})

@@ -7,15 +7,26 @@ embedding is recomputed from the kept bytes) is encoded in ONE ``VisionService.E
 ``stream`` sends it to the language service; if that answers NOT_FOUND for an embedding
 before producing anything (evicted between the two calls, or Redis down), the images are
 encoded again with ``force_inline`` and the generation is retried once. The first chunk
-carries the ids of the request's new images.
+carries the ids of the request's new images. With ``tenant_scoped`` (``--cache-scope tenant``)
+every Encode of a tenant carries its key scope, so its image ids and cache entries are its own;
+every generation names its tenant, which keys the language service's session KV.
+
+A session's history images are sent by id, so the vision service reads their bytes from the
+cache. When the cache has evicted them (NOT_FOUND), ``prepare`` asks ``recall`` (the session's
+kept copies in the state role, ``gateway.session_images``) and encodes once more with the
+bytes; the encoded conversation keeps them, so the inline retry above has them too.
+
+Sampling goes downstream as the client sent it: an unset ``max_new_tokens`` stays 0, so the
+language service fits it to the context the prompt leaves (within its own default cap). Filling
+a default here would make long sessions fail once prompt + default exceeds the context.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from gateway.deadline import Deadline
 from gateway.downstream import Downstream
@@ -26,6 +37,7 @@ from tandem.errors import InvalidInput, NotFound, Unavailable
 log = logging.getLogger(__name__)
 
 TEXT_ONLY_MESSAGE = "this model is text-only; remove the image parts"
+Recall = Callable[[Sequence[str]], Awaitable[dict[str, bytes]]]  # image ids -> kept bytes
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,13 @@ class Encoded:
     messages: tuple[Message, ...]
     inputs: tuple[ImageInput, ...]
     new_image_ids: tuple[str, ...]
+    new_image_bytes: tuple[int, ...] = ()  # sizes of the new images sent as bytes (0: named by id)
+    scope: str = ""  # the vision service's key scope (``--cache-scope tenant``)
+    recall: Recall | None = field(default=None, repr=False, compare=False)  # kept session images
+
+    def new_images(self) -> list[tuple[str, int]]:
+        """(image id, bytes) of the images this request sent as bytes."""
+        return [(i, n) for i, n in zip(self.new_image_ids, self.new_image_bytes, strict=True) if n]
 
     def with_refs(self, refs: Sequence[ImageRef]) -> Encoded:
         """The same conversation with its image parts replaced, in order, by ``refs``."""
@@ -49,10 +68,10 @@ class Encoded:
 class Pipeline:
     """Media guard -> vision -> language, for one-off requests and session turns alike."""
 
-    def __init__(self, guard: MediaGuard, downstream: Downstream, default_max_new_tokens: int):
+    def __init__(self, guard: MediaGuard, downstream: Downstream, tenant_scoped: bool = False):
         self.guard = guard
         self.downstream = downstream
-        self.default_max_new_tokens = default_max_new_tokens
+        self.tenant_scoped = tenant_scoped  # image keys salted per tenant (--cache-scope tenant)
         self.model: ModelInfo | None = None
 
     def require_model(self) -> ModelInfo:
@@ -60,8 +79,15 @@ class Pipeline:
             raise Unavailable("the gateway is still starting; retry shortly")
         return self.model
 
-    async def prepare(self, conversation: Sequence[Message], deadline: Deadline) -> Encoded:
-        """Resolve and encode every image of ``conversation``."""
+    async def prepare(
+        self,
+        conversation: Sequence[Message],
+        deadline: Deadline,
+        tenant: str = "",
+        recall: Recall | None = None,
+    ) -> Encoded:
+        """Resolve and encode every image of ``conversation`` (for ``tenant``'s key scope);
+        ``recall`` gives the kept bytes of history images the cache lost (module docstring)."""
         model = self.require_model()
         if not conversation:
             raise InvalidInput("the conversation is empty; send at least one user message")
@@ -75,26 +101,37 @@ class Pipeline:
             for img in images
         )
         placeholders = tuple(Message(m.role, tuple(_placeholder(p) for p in m.parts)) for m in conversation)
-        encoded = Encoded(placeholders, inputs, ())
+        encoded = Encoded(placeholders, inputs, (), scope=tenant if self.tenant_scoped else "", recall=recall)
         if not inputs:
             return encoded
-        refs = await self.downstream.encode(inputs, force_inline=False, deadline=deadline)
-        new_ids = tuple(
-            r.image_id for r, img in zip(refs, images, strict=True) if isinstance(img, ImageSource)
+        inputs, refs = await self._encode(encoded, False, deadline)
+        new = [
+            (r.image_id, len(i.data or b""))
+            for r, i, img in zip(refs, inputs, images, strict=True)
+            if isinstance(img, ImageSource)
+        ]
+        return replace(
+            encoded.with_refs(refs),
+            inputs=inputs,
+            new_image_ids=tuple(i for i, _ in new),
+            new_image_bytes=tuple(n for _, n in new),
         )
-        return replace(encoded.with_refs(refs), new_image_ids=new_ids)
 
     async def stream(
-        self, encoded: Encoded, sampling: Sampling, request_id: str, session_id: str, deadline: Deadline
+        self,
+        encoded: Encoded,
+        sampling: Sampling,
+        request_id: str,
+        session_id: str,
+        deadline: Deadline,
+        tenant: str = "",
     ) -> AsyncGenerator[Chunk, None]:
         """The answer's chunks; the first carries ``encoded.new_image_ids``."""
-        if sampling.max_new_tokens == 0:
-            sampling = replace(sampling, max_new_tokens=self.default_max_new_tokens)
         produced = False
         for attempt in range(2):
             try:
                 generation = self.downstream.generate(
-                    encoded.messages, sampling, request_id, session_id, deadline
+                    encoded.messages, sampling, request_id, session_id, deadline, tenant=tenant
                 )
                 async with contextlib.aclosing(generation) as chunks:
                     async for chunk in chunks:
@@ -105,8 +142,39 @@ class Pipeline:
                 if produced or attempt or not encoded.inputs:
                     raise
                 log.info("request %s: an embedding was missing; re-encoding inline", request_id)
-                refs = await self.downstream.encode(encoded.inputs, force_inline=True, deadline=deadline)
-                encoded = encoded.with_refs(refs)
+                inputs, refs = await self._encode(encoded, True, deadline)
+                encoded = replace(encoded.with_refs(refs), inputs=inputs)
+
+    async def _encode(
+        self, encoded: Encoded, force_inline: bool, deadline: Deadline
+    ) -> tuple[tuple[ImageInput, ...], list[ImageRef]]:
+        """One Encode of ``encoded.inputs``; on NOT_FOUND, once more with the kept bytes of the
+        images sent by id (``encoded.recall``). The inputs sent last, and their refs."""
+        inputs = encoded.inputs
+        try:
+            return inputs, await self.downstream.encode(inputs, force_inline, deadline, encoded.scope)
+        except NotFound as lost:
+            inputs = await _recalled(inputs, encoded.recall, lost)
+        return inputs, await self.downstream.encode(inputs, force_inline, deadline, encoded.scope)
+
+
+async def _recalled(
+    inputs: tuple[ImageInput, ...], recall: Recall | None, lost: NotFound
+) -> tuple[ImageInput, ...]:
+    """``inputs`` with each image sent by id replaced by its kept bytes; raises ``lost`` (the
+    vision service's ``NotFound``) when none is kept."""
+    named = [i.image_id for i in inputs if i.data is None and i.image_id]
+    kept = await recall(named) if recall is not None and named else {}
+    if not kept:
+        raise lost
+    log.info("re-encoding %d session images from their kept bytes", len(kept))
+    return tuple(_with_kept(i, kept) for i in inputs)
+
+
+def _with_kept(image: ImageInput, kept: dict[str, bytes]) -> ImageInput:
+    """``image`` with its kept bytes in place of its id (itself when it has none kept)."""
+    data = kept.get(image.image_id or "") if image.data is None else None
+    return ImageInput(data=data) if data else image
 
 
 def _placeholder(part: Part) -> Part:

@@ -21,6 +21,21 @@ Turn protocol (``Sessions.turn``):
 A turn carrying a client ``request_id`` that was already committed is answered from the stored
 ``CommittedTurn`` (replayed) instead of generating again. The store raises ``Unavailable``
 when it cannot be reached: a session is never silently lost or silently not saved.
+
+Exactly once: a commit whose outcome is unknown (the store timed out, ``StoreTimeout``: the
+write may have reached it, e.g. a paused Redis that runs it when it resumes) is settled before
+the client hears anything: ``SessionStore.settle`` fences the turn (a write of it arriving
+later is refused) and reads the session back, retried while the store stays slow, for up to
+``lock_seconds``. The turn is reported committed if the history holds it, else ``Unavailable``
+with nothing written. A store that is down (connection refused) has written nothing: the turn
+is ``Unavailable`` at once; one that goes down while settling leaves the outcome unknown, and
+the message says to read the session before retrying.
+
+Tenants: a session belongs to the tenant that created it. Every call names the caller's tenant;
+another tenant's session is ``NotFound`` with the same message as an unknown id, and listing
+shows the caller's own sessions only (a per-tenant index). Per tenant the store counts live
+sessions and stored bytes (session records and the image bytes the tenant sent, see
+``SessionStore.usage``); ``SessionSettings`` holds the limits.
 """
 
 from __future__ import annotations
@@ -29,23 +44,37 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from gateway.messages import Chunk, FinishReason, ImageRef, Message, Usage
-from tandem.errors import Conflict, InvalidInput, NotFound, Unavailable
+from gateway.messages import Chunk, FinishReason, ImageRef, Message, Part, Sampling, Usage
+from tandem.errors import Conflict, InvalidInput, NotFound, Overloaded, PreconditionFailed, Unavailable
 
 log = logging.getLogger(__name__)
 
-CommitResult = Literal["ok", "conflict", "gone"]
+CommitResult = Literal["ok", "conflict", "gone", "fenced"]
+CreateResult = Literal["ok", "sessions", "bytes"]
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _CURSOR = re.compile(r"\d{16}:[0-9a-f]{32}")
+_SETTLE_RETRY_SECONDS = 0.2
 BUSY_MESSAGE = "another turn of this session is in progress; retry when it finishes"
+UNKNOWN_SESSION = "unknown session id (it may have expired or been deleted)"
+OUTCOME_UNKNOWN = (
+    "the session store stopped answering while saving this turn; read the session to see whether "
+    "it was saved before you retry (or retry with the same request id)"
+)
+REUSED_REQUEST_ID = (
+    "this request id was already used for a turn with another input; send a new request id "
+    "(a retry must repeat the same turn)"
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +87,12 @@ class CommittedTurn:
     finish_reason: FinishReason
     usage: Usage
     image_ids: tuple[str, ...]
+    input_digest: str = ""
 
-    def replay(self) -> Chunk:
+    def replay(self, input_digest: str = "") -> Chunk:
+        """The stored answer; ``PreconditionFailed`` when the retry's input is not the turn's."""
+        if input_digest and self.input_digest and input_digest != self.input_digest:
+            raise PreconditionFailed(REUSED_REQUEST_ID)
         return Chunk(self.text, self.token_ids, self.finish_reason, self.usage, self.image_ids, replayed=True)
 
 
@@ -73,6 +106,7 @@ class SessionState:
     ttl_seconds: int
     messages: tuple[Message, ...] = ()
     turns: tuple[CommittedTurn, ...] = ()
+    tenant: str = ""
 
     def find_turn(self, request_id: str) -> CommittedTurn | None:
         if not request_id:
@@ -81,6 +115,10 @@ class SessionState:
 
     def image_ids(self) -> list[str]:
         return [p.image_id for m in self.messages for p in m.parts if isinstance(p, ImageRef)]
+
+    def holds(self, state: SessionState) -> bool:
+        """True when this history starts with all of ``state``'s (a committed turn is kept)."""
+        return self.messages[: len(state.messages)] == state.messages
 
     def cursor(self) -> str:
         """Listing order key: creation time, then id."""
@@ -95,19 +133,30 @@ class SessionState:
         return f"SessionState({self.session_id}, messages={len(self.messages)}, turns={len(self.turns)})"
 
 
-class SessionStore(Protocol):
-    """Storage of session states, their listing index and their turn locks."""
+class StoreTimeout(Unavailable):
+    """The store did not answer in time: a write may have reached it (and may still apply).
+    Other ``Unavailable`` errors of a store mean nothing was written."""
 
-    async def create(self, state: SessionState) -> None: ...
+
+class SessionStore(Protocol):
+    """Storage of session states, their per-tenant listing index and usage, their turn locks,
+    and which tenant sent which image (``tenant`` "" is the anonymous tenant)."""
+
+    async def create(self, state: SessionState, max_sessions: int = 0, max_bytes: int = 0) -> CreateResult:
+        """Store a new session unless its tenant holds ``max_sessions`` live sessions, or its
+        stored bytes would pass ``max_bytes`` (0: no limit); says which limit refused it."""
+        ...
 
     async def load(self, session_id: str) -> tuple[SessionState, str] | None:
         """The state and its version (opaque), or None when absent or expired."""
         ...
 
-    async def delete(self, session_id: str) -> bool: ...
+    async def delete(self, session_id: str) -> SessionState | None:
+        """Delete the session (and its tenant's claims on its images); the deleted state."""
+        ...
 
-    async def page(self, size: int, after: str) -> list[SessionState]:
-        """Up to ``size`` live sessions whose ``cursor()`` sorts after ``after``, in order."""
+    async def page(self, size: int, after: str, tenant: str = "") -> list[SessionState]:
+        """Up to ``size`` live sessions of ``tenant`` whose ``cursor()`` sorts after ``after``."""
         ...
 
     async def try_lock(self, session_id: str, owner: str, seconds: float) -> bool: ...
@@ -116,8 +165,27 @@ class SessionStore(Protocol):
 
     async def unlock(self, session_id: str, owner: str) -> None: ...
 
-    async def commit(self, state: SessionState, version: str) -> CommitResult:
-        """Write ``state`` (refreshing its TTL) only if the stored version is ``version``."""
+    async def commit(self, state: SessionState, version: str, fence: str = "") -> CommitResult:
+        """Write ``state`` (refreshing its TTL) only if the stored version is ``version`` and
+        the turn ``fence`` was not settled ("fenced"); ``StoreTimeout`` when the outcome is
+        unknown."""
+        ...
+
+    async def settle(self, session_id: str, fence: str) -> SessionState | None:
+        """Refuse every later commit under ``fence``, then read the session (None: gone)."""
+        ...
+
+    async def usage(self, tenant: str) -> int:
+        """Bytes ``tenant`` keeps: live session records and the image bytes it sent (approximate)."""
+        ...
+
+    async def claim_images(self, tenant: str, images: Sequence[tuple[str, int]], ttl_seconds: int) -> None:
+        """Record that ``tenant`` sent these (image id, byte count) images; a claim lives as long
+        as the image's stored bytes (``ttl_seconds`` when they are not stored)."""
+        ...
+
+    async def has_images(self, tenant: str, image_ids: Sequence[str]) -> bool:
+        """True when ``tenant`` claimed every one of ``image_ids``."""
         ...
 
     async def close(self) -> None: ...
@@ -125,7 +193,7 @@ class SessionStore(Protocol):
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """TTL and bookkeeping limits of sessions."""
+    """TTL, bookkeeping and per-tenant limits of sessions (0: no limit)."""
 
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 7 * 24 * 3600
@@ -133,6 +201,9 @@ class SessionSettings:
     keep_turns: int = 64
     default_page_size: int = 50
     max_page_size: int = 500
+    max_system_prompt_bytes: int = 64 * 1024
+    max_sessions_per_tenant: int = 0
+    max_stored_bytes_per_tenant: int = 0
 
     def ttl(self, requested: int) -> int:
         return min(requested or self.default_ttl_seconds, self.max_ttl_seconds)
@@ -141,26 +212,51 @@ class SessionSettings:
 class Turn:
     """One running turn: the state as loaded under the lock, and its commit."""
 
-    def __init__(self, sessions: Sessions, state: SessionState, version: str):
+    def __init__(self, sessions: Sessions, state: SessionState, version: str, owner: str = ""):
         self.state = state
         self._sessions = sessions
         self._version = version
+        self._owner = owner or uuid.uuid4().hex
 
     async def commit(self, user: Message, answer: CommittedTurn) -> SessionState:
+        """Save the turn; when the store's answer is lost, settle it (module docstring)."""
         new = self.state.after_turn(user, answer, self._sessions.now_ms(), self._sessions.settings.keep_turns)
-        result = await self._sessions.store.commit(new, self._version)
+        try:
+            result = await self._sessions.store.commit(new, self._version, self._owner)
+        except StoreTimeout:
+            log.warning("session %s: the commit's outcome is unknown; settling it", new.session_id)
+            result = await self._settle(new)
         if result == "gone":
             raise NotFound("the session was deleted or expired during this turn")
         if result == "conflict":
             raise Conflict(
                 "the session changed during this turn and its answer was not saved; retry the turn"
             )
+        if result == "fenced":
+            raise Unavailable("the session store failed while saving this turn; it was not saved, retry it")
         self.state, self._version = new, ""
         return new
 
+    async def _settle(self, new: SessionState) -> CommitResult:
+        """Fence this turn and read the session back, retrying while the store is too slow to
+        answer (for up to ``lock_seconds``); a store that is down cannot tell, and says so."""
+        stop = time.monotonic() + self._sessions.settings.lock_seconds
+        while True:
+            try:
+                stored = await self._sessions.store.settle(new.session_id, self._owner)
+            except Unavailable as exc:
+                if not isinstance(exc, StoreTimeout) or time.monotonic() >= stop:
+                    raise Unavailable(OUTCOME_UNKNOWN) from None
+                await asyncio.sleep(_SETTLE_RETRY_SECONDS)
+                continue
+            if stored is None:
+                return "gone"
+            return "ok" if stored.holds(new) else "fenced"
+
 
 class Sessions:
-    """Session operations over a ``SessionStore``; ids and page tokens are validated here."""
+    """Session operations over a ``SessionStore``; ids, page tokens, tenants and limits are
+    checked here. ``tenant`` "" is the anonymous tenant of a deployment without API keys."""
 
     def __init__(
         self, store: SessionStore, settings: SessionSettings, clock: Callable[[], float] = time.time
@@ -173,44 +269,80 @@ class Sessions:
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def create(self, system_prompt: str = "", ttl_seconds: int = 0) -> SessionState:
+    async def create(self, system_prompt: str = "", ttl_seconds: int = 0, tenant: str = "") -> SessionState:
+        limit = self.settings.max_system_prompt_bytes
+        if limit and len(system_prompt.encode("utf-8", "surrogatepass")) > limit:
+            raise InvalidInput(
+                f"the system prompt is too large: at most {limit} bytes (--max-system-prompt-bytes)"
+            )
         now = self.now_ms()
         messages = (Message("system", (system_prompt,)),) if system_prompt else ()
-        state = SessionState(uuid.uuid4().hex, now, now, self.settings.ttl(ttl_seconds), messages)
-        await self.store.create(state)
+        state = SessionState(
+            uuid.uuid4().hex, now, now, self.settings.ttl(ttl_seconds), messages, tenant=tenant
+        )
+        settings = self.settings
+        result = await self.store.create(
+            state, settings.max_sessions_per_tenant, settings.max_stored_bytes_per_tenant
+        )
+        if result == "sessions":
+            raise Overloaded(
+                f"this tenant has {settings.max_sessions_per_tenant} live sessions, the limit "
+                "(--max-sessions-per-tenant); delete some first"
+            )
+        if result == "bytes":
+            raise Overloaded(self._bytes_message())
         return state
 
-    async def get(self, session_id: str) -> SessionState:
-        return (await self._load(session_id))[0]
+    async def check_storage(self, tenant: str) -> None:
+        """``Overloaded`` when ``tenant`` already keeps its limit of stored bytes."""
+        limit = self.settings.max_stored_bytes_per_tenant
+        if limit and await self.store.usage(tenant) >= limit:
+            raise Overloaded(self._bytes_message())
 
-    async def _load(self, session_id: str) -> tuple[SessionState, str]:
+    def _bytes_message(self) -> str:
+        return (
+            f"this tenant stores {self.settings.max_stored_bytes_per_tenant} bytes, the limit "
+            "(--max-stored-bytes-per-tenant); delete sessions or wait for images to expire"
+        )
+
+    async def get(self, session_id: str, tenant: str = "") -> SessionState:
+        return (await self._load(session_id, tenant))[0]
+
+    async def _load(self, session_id: str, tenant: str) -> tuple[SessionState, str]:
         loaded = await self.store.load(session_id) if _SESSION_ID.fullmatch(session_id) else None
-        if loaded is None:
-            raise NotFound("unknown session id (it may have expired or been deleted); create a new session")
+        if loaded is None or loaded[0].tenant != tenant:  # another tenant's: exactly like unknown
+            raise NotFound(f"{UNKNOWN_SESSION}; create a new session")
         return loaded
 
-    async def delete(self, session_id: str) -> None:
-        if not (_SESSION_ID.fullmatch(session_id) and await self.store.delete(session_id)):
-            raise NotFound("unknown session id (it may have expired or been deleted)")
+    async def delete(self, session_id: str, tenant: str = "") -> SessionState:
+        """Delete ``tenant``'s session; the deleted state."""
+        await self._load(session_id, tenant)
+        deleted = await self.store.delete(session_id)
+        if deleted is None:
+            raise NotFound(f"{UNKNOWN_SESSION}; create a new session")
+        return deleted
 
-    async def list_page(self, page_size: int = 0, page_token: str = "") -> tuple[list[SessionState], str]:
-        """One page of live sessions (oldest first) and the token of the next page ("" at the end)."""
+    async def list_page(
+        self, page_size: int = 0, page_token: str = "", tenant: str = ""
+    ) -> tuple[list[SessionState], str]:
+        """One page of ``tenant``'s live sessions (oldest first) and the next page's token ("" at
+        the end)."""
         size = min(page_size or self.settings.default_page_size, self.settings.max_page_size)
-        states = await self.store.page(size, _decode_token(page_token))
+        states = await self.store.page(size, _decode_token(page_token), tenant)
         more = len(states) == size
         return states, _encode_token(states[-1].cursor()) if more else ""
 
     @contextlib.asynccontextmanager
-    async def turn(self, session_id: str) -> AsyncIterator[Turn]:
+    async def turn(self, session_id: str, tenant: str = "") -> AsyncIterator[Turn]:
         """Hold the session's turn lock for the body; refuse with ``Conflict`` when it is taken."""
-        await self.get(session_id)
+        await self.get(session_id, tenant)
         owner = uuid.uuid4().hex
         if not await self.store.try_lock(session_id, owner, self.settings.lock_seconds):
             raise Conflict(BUSY_MESSAGE)
         self._held.add((session_id, owner))
         keeper = asyncio.create_task(self._keep_lock(session_id, owner))
         try:
-            yield Turn(self, *await self._load(session_id))
+            yield Turn(self, *await self._load(session_id, tenant), owner)
         finally:
             keeper.cancel()
             if (session_id, owner) in self._held:
@@ -240,6 +372,22 @@ class Sessions:
             await self.store.unlock(session_id, owner)
         except Unavailable:
             log.warning("could not release the turn lock of session %s; it expires by itself", session_id)
+
+
+def input_digest(parts: Sequence[Part], sampling: Sampling) -> str:
+    """sha256 of a turn's input as the client sent it (image bytes by their hash)."""
+    body = json.dumps([[_part_key(p) for p in parts], dataclasses.asdict(sampling)], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _part_key(part: Part) -> list[str]:
+    if isinstance(part, str):
+        return ["text", part]
+    if isinstance(part, ImageRef):
+        return ["ref", part.image_id]
+    if part.data:
+        return ["data", hashlib.sha256(part.data).hexdigest(), part.media_type]
+    return ["url", part.url] if part.url else ["id", part.image_id]
 
 
 def _encode_token(cursor: str) -> str:

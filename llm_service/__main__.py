@@ -13,7 +13,7 @@ from llm_service.config import LlmConfig
 from llm_service.server import LanguageApp
 from tandem.models.checkpoint import resolve
 from tandem.serving.app import run_service
-from tandem.serving.bootstrap import configure_logging
+from tandem.serving.logs import configure_logging
 from tandem.serving.options import parse_config
 
 log = logging.getLogger("llm_service")
@@ -29,13 +29,13 @@ are served and refuse images. Flags override environment variables."""
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(LlmConfig, argv, DESCRIPTION)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     try:
         adapter_for(AutoConfig.from_pretrained(resolve(config.model, config.revision)))
-    except (UnsupportedModel, OSError) as exc:
+    except (UnsupportedModel, OSError, ValueError) as exc:  # ValueError: config.json unusable
         log.error("%s", exc)
         return 2
-    run_service(lambda: LanguageApp(config))
+    run_service(lambda tracing: LanguageApp(config, tracing=tracing), "tandem-llm")
     return 0
 
 

@@ -76,6 +76,14 @@ class LlmConfig(ServiceConfig):
             "sessions whose last turn's KV is kept for reuse (LRU); 0 disables", env="TANDEM_SESSION_CACHE"
         ),
     )
+    max_running_per_tenant: int = field(
+        default=0,
+        metadata=opt(
+            "batch slots one tenant may hold while another tenant waits (queued requests are "
+            "admitted round robin over tenants); 0: --max-batch-size minus 1",
+            env="TANDEM_MAX_RUNNING_PER_TENANT",
+        ),
+    )
     host: str = listen_host(env="TANDEM_LLM_HOST")
     port: int = listen_port(50052, env="TANDEM_LLM_PORT")
 
@@ -84,4 +92,4 @@ class LlmConfig(ServiceConfig):
         if not self.model:
             raise ValueError("--model is required (a checkpoint folder or a hub id)")
         at_least(self, 1, "max_batch_size", "max_new_tokens_default", "max_prefill_tokens")
-        at_least(self, 0, "max_queue", "context_length", "session_cache_entries")
+        at_least(self, 0, "max_queue", "context_length", "session_cache_entries", "max_running_per_tenant")

@@ -45,7 +45,8 @@ class GenerationRequest:
     """One GenerateTokens call after edge conversion.
 
     ``clamp_to_context`` is set when the caller left max_new_tokens to the server: the default is
-    then shortened to what the context window leaves, instead of refusing the request.
+    then shortened to what the context window leaves, instead of refusing the request. ``tenant``
+    is who the gateway asks for: a session's KV is keyed by (tenant, session), never shared.
     """
 
     request_id: str
@@ -53,6 +54,7 @@ class GenerationRequest:
     sampling: SamplingConfig
     session_id: str | None = None
     clamp_to_context: bool = False
+    tenant: str = ""
 
 
 def all_images(messages: Sequence[ChatMessage]) -> list[ImageRef]:

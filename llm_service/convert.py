@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 from vlm.v1 import common_pb2, llm_pb2
 
 from llm_service.conversation import ChatMessage, GenerationRequest, Part, TextPart
@@ -17,17 +18,26 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 
 
+def _decimal(value: float) -> float:
+    """A proto ``float`` as the decimal it was sent as (0.01 arrives as 0.0099999998)."""
+    return float(str(np.float32(value)))
+
+
 def sampling_from_pb(params: common_pb2.SamplingParams, default_max_new_tokens: int) -> SamplingConfig:
-    """Zeros mean defaults: max_new_tokens -> the server's, top_p and repetition_penalty -> 1."""
+    """Zeros mean defaults: max_new_tokens -> the server's, top_p and repetition_penalty -> 1.
+
+    Out-of-range values are ``InvalidInput``; a tiny temperature is raised to the engine's
+    minimum (``SamplingConfig``).
+    """
     if len(params.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in params.stop):
         raise InvalidInput(f"at most {MAX_STOP_STRINGS} stop strings of up to {MAX_STOP_LENGTH} characters")
     try:
         return SamplingConfig(
             max_new_tokens=params.max_new_tokens or default_max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p or 1.0,
+            temperature=_decimal(params.temperature),
+            top_p=_decimal(params.top_p) or 1.0,
             top_k=params.top_k,
-            repetition_penalty=params.repetition_penalty or 1.0,
+            repetition_penalty=_decimal(params.repetition_penalty) or 1.0,
             seed=params.seed if params.HasField("seed") else None,
             stop=tuple(params.stop),
             stop_token_ids=tuple(params.stop_token_ids),
@@ -66,6 +76,7 @@ def request_from_pb(request: llm_pb2.GenerateTokensRequest, default_max_new_toke
         sampling=sampling_from_pb(request.sampling, default_max_new_tokens),
         session_id=request.session_id or None,
         clamp_to_context=request.sampling.max_new_tokens == 0,
+        tenant=request.tenant,
     )
 
 

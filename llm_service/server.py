@@ -26,8 +26,10 @@ from tandem.embeddings.cache import CacheSettings, EmbeddingCache
 from tandem.embeddings.kv import KeyValueStore, RedisStore, connect_redis
 from tandem.errors import Unavailable
 from tandem.metrics import Metrics
+from tandem.models.model_name import served_model_name
 from tandem.serving.app import ServiceApp
 from tandem.serving.bootstrap import GrpcServer
+from tandem.serving.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,11 @@ def build_worker(
     """Wire a loaded model into a worker (the engine is created, not started)."""
     model, adapter = loaded.model, loaded.adapter
     info = ModelInfo(
-        config.model, loaded.architecture, adapter.is_vlm, loaded.fingerprint, context_length(config, loaded)
+        served_model_name(config.model),
+        loaded.architecture,
+        adapter.is_vlm,
+        loaded.fingerprint,
+        context_length(config, loaded),
     )
     engine_config = EngineConfig(
         context_length=info.context_length,
@@ -55,6 +61,7 @@ def build_worker(
         max_queue=config.max_queue,
         max_prefill_tokens=config.max_prefill_tokens,
         session_cache_entries=config.session_cache_entries,
+        max_running_per_tenant=config.max_running_per_tenant,
     )
     engine = Engine(model, loaded.tokenizer, engine_config, loaded.eos_token_ids, metrics)
     cache = None
@@ -69,9 +76,9 @@ def build_worker(
 class LanguageApp(ServiceApp):
     """The process: see the module docstring for the lifecycle."""
 
-    def __init__(self, config: LlmConfig, metrics: Metrics | None = None):
+    def __init__(self, config: LlmConfig, metrics: Metrics | None = None, tracing: Tracing | None = None):
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics if metrics is not None else Metrics.for_service("llm")
         self.worker: LanguageWorker | None = None
         self._store: RedisStore | None = None
         servicer = LanguageServicer(self.current, config.max_new_tokens_default)
@@ -79,7 +86,9 @@ class LanguageApp(ServiceApp):
         def register(server: aio.Server) -> None:
             llm_pb2_grpc.add_LanguageServiceServicer_to_server(servicer, server)
 
-        self.server = GrpcServer(config, [register], [SERVICE_NAME])
+        self.server = GrpcServer(
+            config, [register], [SERVICE_NAME], self.metrics, tracing, config.worker_keys()
+        )
 
     def current(self) -> LanguageWorker:
         if self.worker is None:
@@ -90,7 +99,10 @@ class LanguageApp(ServiceApp):
         """Load the weights, start and warm the engine; afterwards ``current()`` serves."""
         loaded = await asyncio.to_thread(load, self.config)
         if self.config.redis_url:
-            self._store = RedisStore(connect_redis(self.config.redis_url, self.config.redis_timeout_seconds))
+            store = self._store = RedisStore(
+                connect_redis(self.config.redis_url, self.config.redis_timeout_seconds)
+            )
+            self.metrics.watch("redis_breaker_open", lambda: float(store.breaker.is_open), role="cache")
         worker = build_worker(self.config, loaded, self._store, self.metrics)
         worker.engine.start()
         await worker.warmup()

@@ -1,4 +1,7 @@
-"""The LanguageService gRPC servicer: proto in, one worker call, proto out (no try/except)."""
+"""The LanguageService gRPC servicer: proto in, one worker call, proto out (no try/except).
+
+The request's first token and final usage are noted for its access-log line.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from vlm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.convert import event_to_pb, info_to_pb, request_from_pb
 from llm_service.worker import LanguageWorker
+from tandem.serving import request_context
 
 
 class LanguageServicer(llm_pb2_grpc.LanguageServiceServicer):
@@ -24,7 +28,17 @@ class LanguageServicer(llm_pb2_grpc.LanguageServiceServicer):
         worker = self._current()
         generation = request_from_pb(request, self._default_max_new_tokens)
         async for event in worker.generate(generation, timeout=context.time_remaining()):
+            if event.token_ids:
+                request_context.first_output()
+            if event.usage is not None:
+                request_context.usage(event.usage.prompt_tokens, event.usage.completion_tokens)
             yield event_to_pb(event)
+
+    async def ReleaseSession(
+        self, request: llm_pb2.ReleaseSessionRequest, context: aio.ServicerContext
+    ) -> llm_pb2.ReleaseSessionResponse:
+        self._current().release_session(request.tenant, request.session_id)
+        return llm_pb2.ReleaseSessionResponse()
 
     async def GetLanguageInfo(
         self, request: llm_pb2.GetLanguageInfoRequest, context: aio.ServicerContext

@@ -53,6 +53,12 @@ def image_key(image_id: str, offset: int) -> int:
     return -1 - ((int(image_id[: IMAGE_KEY_BITS // 4], 16) << 16) | offset)
 
 
+def session_key(tenant: str, session_id: str | None) -> str | None:
+    """The engine's key of a session's KV: (tenant, session), so no tenant ever reuses (or
+    learns, through ``usage.cached_tokens``, the length of) another tenant's cached prefix."""
+    return None if session_id is None else f"{tenant}/{session_id}"
+
+
 def prompt_keys(layout: PromptLayout) -> list[int]:
     keys = list(layout.token_ids)
     for span in layout.spans:
@@ -96,6 +102,12 @@ class LanguageWorker:
                     yield event
         except TimeoutError:
             raise DeadlineExceeded("the deadline passed before generation finished") from None
+
+    def release_session(self, tenant: str, session_id: str) -> None:
+        """Drop the session's cached KV (it was deleted); unknown sessions are fine."""
+        key = session_key(tenant, session_id)
+        if key is not None:
+            self.engine.drop_session(key)
 
     async def warmup(self) -> None:
         """Warm the engine, then run one tiny request through the whole path (an image for VLMs)."""
@@ -187,7 +199,8 @@ class LanguageWorker:
             next_position=next_position,
             sampling=sampling,
             image_tokens=layout.image_tokens,
-            session_id=request.session_id,
+            session_id=session_key(request.tenant, request.session_id),
+            tenant=request.tenant,
         )
 
 

@@ -52,6 +52,12 @@ class Conflict(TandemError):
     code = grpc.StatusCode.ABORTED
 
 
+class PreconditionFailed(TandemError):
+    """The request contradicts what it refers to (e.g. a request id reused with another input)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unauthenticated(TandemError):
     """Missing or wrong credentials."""
 

@@ -10,17 +10,25 @@ Lifecycle of a ``Launcher`` (what ``tandem up`` drives):
    launcher never races other programs for a port.
 3. ``wait_serving(children)`` polls the standard ``grpc.health.v1`` check of each child until it
    reports SERVING, printing one line per service; a child that exits meanwhile ends the wait
-   with ``ChildFailed`` (its last log lines are in the message).
-4. ``watch()`` blocks until a signal (``stop_event``) or a child's death.
-5. ``shutdown()`` sends SIGTERM in reverse start order, one layer at a time, waits, kills what is
-   left after the timeout. The caller stops Redis after it.
+   with ``ChildFailed`` (its last log lines are in the message). While any child is still
+   starting, both waits print ``<name> loading... N s`` every ``progress_seconds``.
+4. ``watch()`` blocks until a signal (``stop_event``) or a child's death; or, for ``tandem
+   up``, a ``tandem.supervisor.Supervisor`` watches ``ServiceProcess`` wrappers and calls
+   ``restart(child)`` for one that died: the same command, its port (``--port``) and the flags
+   of ``ServiceSpec.restart_pins`` pinned to the values the first run bound, its log appended.
+5. ``shutdown()`` sends SIGTERM one layer at a time (all children of a layer together), waits
+   at most ``timeout`` per layer and kills what is left. The caller stops Redis after it.
 
+Output goes through ``print_line``, which never raises: when the reader of a pipe is gone
+(``tandem up | tee log``, where Ctrl-C stops ``tee`` too), printing stops and stopping the
+children goes on.
 The launcher imports neither torch nor the services: children are separate interpreters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -47,6 +55,7 @@ class ServiceSpec:
     port_file: Path | None = None
     port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    restart_pins: dict[str, Path] = field(default_factory=dict)  # flag -> file of its bound value
 
     def __post_init__(self) -> None:
         if (self.port_file is None) == (self.port is None):
@@ -67,6 +76,7 @@ class Child:
     started_at: float
     port: int | None = None
     serving: bool = False
+    reported_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -97,34 +107,41 @@ class Launcher:
         stop_event: threading.Event | None = None,
         out: IO[str] | None = None,
         poll_seconds: float = 0.2,
+        progress_seconds: float = 5.0,
     ):
         self.log_dir = log_dir
         self.stop_event = stop_event or threading.Event()
         self.out = out or sys.stdout
         self.poll_seconds = poll_seconds
+        self.progress_seconds = progress_seconds
         self.children: list[Child] = []
 
     def say(self, message: str) -> None:
-        print(message, file=self.out, flush=True)
+        print_line(message, self.out)
 
     def spawn(self, spec: ServiceSpec) -> Child:
         """Start ``spec`` with its output in ``<log_dir>/<name>.log``."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid()), **spec.env}
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                list(spec.command),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                process_group=0,  # Ctrl-C reaches the launcher only; it stops children in order
-            )
-        child = Child(spec, process, log_path, time.monotonic(), port=spec.port)
+        process = _popen(spec, log_path, "wb")
+        started = time.monotonic()
+        child = Child(spec, process, log_path, started, port=spec.port, reported_at=started)
         self.children.append(child)
         self.say(f"  {spec.name:<8} starting... (pid {process.pid}, log {log_path})")
         return child
+
+    def restart(self, child: Child) -> None:
+        """Start the exited ``child`` again with its bound port and pins (module docstring)."""
+        command = child.spec.command
+        if child.port is not None:
+            command = with_option(command, "--port", str(child.port))
+        for flag, path in child.spec.restart_pins.items():
+            value = path.read_text().strip() if path.exists() else ""
+            if value:
+                command = with_option(command, flag, value)
+        child.process = _popen(dataclasses.replace(child.spec, command=command), child.log_path, "ab")
+        child.started_at = time.monotonic()
+        child.serving = False
 
     def wait_for_port(self, child: Child, timeout: float) -> int:
         """The port ``child`` bound, read from its port file."""
@@ -174,7 +191,18 @@ class Launcher:
             self._pause(deadline)
 
     def _pause(self, deadline: float) -> None:
+        self._report_progress()
         self.stop_event.wait(max(0.0, min(self.poll_seconds, deadline - time.monotonic())))
+
+    def _report_progress(self) -> None:
+        """``<name> loading... N s`` for each child still starting, every ``progress_seconds``."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.serving or child.exited() is not None:
+                continue
+            if now - child.reported_at >= self.progress_seconds:
+                child.reported_at = now
+                self.say(f"  {child.name:<8} loading... {now - child.started_at:.0f} s")
 
     def watch(self) -> Child | None:
         """Block until ``stop_event`` is set (returns None) or a child exits (returns it)."""
@@ -186,13 +214,59 @@ class Launcher:
         return None
 
     def shutdown(self, layers: Sequence[Sequence[str]], timeout: float) -> None:
-        """SIGTERM the children layer by layer (names), wait, then SIGKILL what is left."""
+        """SIGTERM the children layer by layer (names; unnamed children last), each layer's
+        together; SIGKILL what is left of a layer after ``timeout`` seconds."""
         named = {c.name: c for c in self.children}
         ordered = [[named[n] for n in layer if n in named] for layer in layers]
         listed = {id(c) for layer in ordered for c in layer}
         rest = [c for c in self.children if id(c) not in listed]
         for layer in [*ordered, rest]:
             _stop_together(layer, timeout, self.say)
+
+
+@dataclass(eq=False)
+class ServiceProcess:
+    """A launcher child as ``tandem.supervisor.Supervised``."""
+
+    launcher: Launcher
+    child: Child
+
+    @property
+    def name(self) -> str:
+        return self.child.name
+
+    def exit_code(self) -> int | None:
+        return self.child.exited()
+
+    def restart(self) -> None:
+        self.launcher.restart(self.child)
+
+    def describe(self) -> str:
+        return f"pid {self.child.process.pid}"
+
+    def tail(self) -> str:
+        return self.child.tail()
+
+
+def with_option(command: tuple[str, ...], flag: str, value: str) -> tuple[str, ...]:
+    """``command`` with ``flag``'s value set to ``value`` (added when absent)."""
+    if flag in command[:-1]:
+        at = command.index(flag)
+        return (*command[: at + 1], value, *command[at + 2 :])
+    return (*command, flag, value)
+
+
+def _popen(spec: ServiceSpec, log_path: Path, mode: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid()), **spec.env}
+    with open(log_path, mode) as log:
+        return subprocess.Popen(
+            list(spec.command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            process_group=0,  # Ctrl-C reaches the launcher only; it stops children in order
+        )
 
 
 def _is_serving(channel: grpc.Channel) -> bool:
@@ -219,3 +293,22 @@ def _stop_together(children: Sequence[Child], timeout: float, say: Callable[[str
             child.process.kill()
             child.process.wait()
             say(f"  {child.name:<8} killed after {timeout:.0f} s")
+
+
+def print_line(message: str, out: IO[str]) -> None:
+    """Print one line to ``out`` now; once its reader is gone, print nothing more (never raise)."""
+    try:
+        print(message, file=out, flush=True)
+    except BrokenPipeError:
+        _mute(out)
+    except (OSError, ValueError):  # a closed or failing stream: the message is only lost
+        pass
+
+
+def _mute(out: IO[str]) -> None:
+    """Point ``out``'s file at /dev/null, so that its pending text and later writes (the
+    interpreter's last flush included) go nowhere instead of raising ``BrokenPipeError``."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)

@@ -8,6 +8,7 @@ The tree is tiered, and each tier is a marker of the same name (``pytest -m unit
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `tandem up` keeps sessions under $XDG_DATA_HOME/tandem (locked while it runs): one folder per
+# test run, never the user's and never shared with a concurrent run.
+_DATA_HOME = tempfile.TemporaryDirectory(prefix="tandem-test-data-")
+os.environ["XDG_DATA_HOME"] = _DATA_HOME.name
 
 TIERS = ("unit", "models", "system")
 

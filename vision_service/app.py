@@ -13,6 +13,7 @@ from tandem.errors import Unavailable
 from tandem.metrics import Metrics
 from tandem.serving.app import ServiceApp
 from tandem.serving.bootstrap import GrpcServer
+from tandem.serving.tracing import Tracing
 from vision_service.config import VisionConfig
 from vision_service.service import VisionService
 from vision_service.servicer import SERVICE_NAME, VisionServicer
@@ -21,12 +22,14 @@ from vision_service.servicer import SERVICE_NAME, VisionServicer
 class VisionApp(ServiceApp):
     """The process: see the module docstring for the lifecycle."""
 
-    def __init__(self, config: VisionConfig, metrics: Metrics | None = None):
+    def __init__(self, config: VisionConfig, metrics: Metrics | None = None, tracing: Tracing | None = None):
         self.config = config
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else Metrics.for_service("vision")
         self._service: VisionService | None = None
         self.servicer = VisionServicer()
-        self.server = GrpcServer(config, [self.servicer.register], [SERVICE_NAME])
+        self.server = GrpcServer(
+            config, [self.servicer.register], [SERVICE_NAME], self.metrics, tracing, config.worker_keys()
+        )
 
     @property
     def service(self) -> VisionService:

@@ -39,9 +39,12 @@ class VisionConfig(ServiceConfig):
     )
     max_image_bytes: int = field(default=20 * 1024 * 1024, metadata=opt("largest accepted image file, bytes"))
     max_image_pixels: int = field(
-        default=40_000_000,
+        default=4096 * 4096,
         metadata=opt(
-            "largest accepted width*height, checked from the file header (Pillow's bomb guard also applies)"
+            "largest accepted width*height, checked from the file header (Pillow's bomb guard also "
+            "applies); the default, 4096x4096 (16.8 Mpx), is above what VLM processors keep (they "
+            "resize to a few Mpx at most: Qwen2-VL's max_pixels is 12.8 Mpx, LLaVA's input 0.1 Mpx), "
+            "while decoding costs 4+ bytes per pixel"
         ),
     )
     max_aspect_ratio: float = field(
@@ -50,7 +53,13 @@ class VisionConfig(ServiceConfig):
     preprocess_threads: int = field(default=2, metadata=opt("threads that decode and preprocess images"))
     embedding_ttl_seconds: int = field(default=3600, metadata=opt("lifetime of a cached embedding"))
     image_ttl_seconds: int = field(
-        default=7 * 24 * 3600, metadata=opt("lifetime of stored image bytes (>= embedding TTL)")
+        default=900,
+        metadata=opt(
+            "lifetime of the image bytes the cache keeps after an encode, i.e. how long an image id "
+            "of a request without a session can be sent again (a session's images are kept by the "
+            "gateway for as long as the session)",
+            env="TANDEM_IMAGE_TTL_SECONDS",
+        ),
     )
     lease_seconds: float = field(
         default=30.0, metadata=opt("lifetime of a cross-replica encode lease (longer than one encode)")
@@ -77,7 +86,6 @@ class VisionConfig(ServiceConfig):
         )
         if self.max_pending_images < self.max_images_per_request:
             raise ValueError(f"{self.max_pending_images=} must be >= {self.max_images_per_request=}")
-        if self.embedding_ttl_seconds < 1 or self.image_ttl_seconds < self.embedding_ttl_seconds:
-            raise ValueError(f"{self.embedding_ttl_seconds=} must be >= 1 and <= {self.image_ttl_seconds=}")
+        at_least(self, 1, "embedding_ttl_seconds", "image_ttl_seconds")
         if self.lease_seconds <= 0 or self.lease_wait_seconds < 0:
             raise ValueError(f"{self.lease_seconds=} must be > 0 and {self.lease_wait_seconds=} >= 0")

@@ -98,7 +98,7 @@ class EncoderWorker:
         live = [g for g in batch if not g.future.cancelled()]
         if len(live) < len(batch):  # their callers left before the forward: never encoded
             dropped = sum(len(g.pixels) for g in batch) - sum(len(g.pixels) for g in live)
-            self.metrics.inc("encoder_dropped_images", dropped)
+            self.metrics.inc("vision_images_dropped", dropped)
         return live
 
     def _forward(self, groups: list[_Group]) -> None:
@@ -109,9 +109,9 @@ class EncoderWorker:
                 chunk = pixels[start : start + self.max_batch]
                 began = time.perf_counter()
                 features += self.adapter.encode(chunk)
-                self.metrics.observe("encode_seconds", time.perf_counter() - began)
-                self.metrics.inc("encoder_forwards")
-                self.metrics.inc("encoded_images", len(chunk))
+                self.metrics.observe("vision_encode_seconds", time.perf_counter() - began)
+                self.metrics.inc("vision_encoder_batches")
+                self.metrics.inc("vision_images_encoded", len(chunk))
         except Exception as exc:  # delivered to every waiting caller; the thread keeps serving
             log.exception("encoder forward failed for %d images", len(pixels))
             for g in groups:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tandem.metrics import Metrics
 from tandem.serving.bootstrap import GrpcServer
+from tandem.serving.tracing import Tracing
 from vision_service.app import VisionApp
 from vision_service.config import VisionConfig
 from vision_service.service import VisionService
@@ -24,10 +25,10 @@ class RunningVision:
 
 @contextlib.asynccontextmanager
 async def running_vision(
-    config: VisionConfig, metrics: Metrics | None = None
+    config: VisionConfig, metrics: Metrics | None = None, tracing: Tracing | None = None
 ) -> AsyncIterator[RunningVision]:
     """Load, warm up and serve ``config`` (port 0 = a free port); drained and closed on exit."""
-    app = VisionApp(config, metrics)
+    app = VisionApp(config, metrics, tracing)
     try:
         port = await app.start()
         yield RunningVision(f"{config.host}:{port}", app.service, app.server)

@@ -7,7 +7,9 @@ Two steps, so that a cache hit never decodes:
 - ``decode`` (in the preprocessing pool): open lazily with only the detected decoder, check the
   pixel count and aspect ratio from the header before anything is decompressed, then load,
   apply the EXIF orientation, take the first frame of an animation, and convert any mode to RGB
-  with transparency composited on white.
+  with transparency composited on white. 16/32-bit and float images are scaled to 8 bits in
+  bands of rows, so the conversion adds about one byte per pixel, never a float copy of the
+  whole image.
 
 Every failure is ``InvalidInput`` with a message that says what to change; Pillow's global
 ``MAX_IMAGE_PIXELS`` is never touched (its bomb warning is turned into an error per call).
@@ -38,6 +40,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 BACKGROUND = (255, 255, 255)
 _SUPPORTED = "PNG, JPEG, WebP, GIF or BMP"
+_BAND_PIXELS = 1 << 18  # pixels converted at a time from a high bit depth (float32: 1 MiB)
 
 
 @dataclass(frozen=True)
@@ -151,8 +154,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> 8-bit RGB, scaling 16-bit ranges down (not clipping)."""
-    values = np.asarray(image, dtype=np.float64)
-    scale = 1.0 if image.mode == "F" else 257.0
-    grey = np.clip(np.rint(values / scale), 0, 255).astype(np.uint8)
+    """16/32-bit integer or float greyscale -> 8-bit RGB, scaling 16-bit ranges down (not clipping).
+
+    Converted a band of rows at a time into one 8-bit array: the extra memory is that array plus
+    one band, whatever the image size (a whole-image float64 copy was 8 bytes per pixel, twice).
+    """
+    scale = np.float32(1.0 if image.mode == "F" else 257.0)
+    width, height = image.size
+    grey = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        band = np.array(image.crop((0, top, width, bottom)), dtype=np.float32)
+        np.divide(band, scale, out=band)
+        np.rint(band, out=band)
+        np.clip(band, 0, 255, out=band)
+        grey[top:bottom] = band
     return Image.fromarray(grey).convert("RGB")

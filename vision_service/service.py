@@ -25,6 +25,7 @@ the encoder thread, the pool and the Redis client.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ import torch
 
 from tandem.embeddings import record
 from tandem.embeddings.cache import CacheSettings, Embedding, EmbeddingCache
-from tandem.embeddings.ids import image_id_of_async, is_image_id
+from tandem.embeddings.ids import image_id_of_async, is_image_id, scoped_image_id
 from tandem.embeddings.kv import RedisStore, StoreUnavailable, connect_redis
 from tandem.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, Unavailable
 from tandem.metrics import Metrics
@@ -107,13 +108,14 @@ class VisionService:
     @classmethod
     async def start(cls, config: VisionConfig, metrics: Metrics | None = None) -> VisionService:
         """Load the vision half of ``config.model``, connect the cache and warm up."""
-        metrics = metrics or Metrics(prefix="tandem_vision")
+        metrics = metrics if metrics is not None else Metrics.for_service("vision")
         path = await asyncio.to_thread(resolve, config.model, config.revision)
         adapter = await asyncio.to_thread(load_adapter, path, config.device, config.dtype)
         model_fingerprint = await asyncio.to_thread(fingerprint, path, config.model, config.revision)
         cache = None
         if config.redis_url:
             store = RedisStore(connect_redis(config.redis_url, config.redis_timeout_seconds))
+            metrics.watch("redis_breaker_open", lambda: float(store.breaker.is_open), role="cache")
             settings = CacheSettings(
                 config.cache_prefix, config.embedding_ttl_seconds, config.image_ttl_seconds
             )
@@ -144,12 +146,18 @@ class VisionService:
             await self.cache.store.close()
 
     async def encode(
-        self, sources: Sequence[ImageInput], force_inline: bool = False, timeout: float | None = None
+        self,
+        sources: Sequence[ImageInput],
+        force_inline: bool = False,
+        timeout: float | None = None,
+        scope: str = "",
     ) -> list[EncodedImage]:
         """Embeddings of ``sources`` in order (references, or inline when not stored).
 
         ``timeout``: seconds the caller still waits (None = no deadline); ``DeadlineExceeded``
-        after that, with the work nobody else waits for dropped.
+        after that, with the work nobody else waits for dropped. A ``scope`` gives sent bytes
+        the id ``scoped_image_id`` (so scopes never share an entry); an id sent in a scope must
+        name bytes sent in that scope.
         """
         if not sources:
             raise InvalidInput("no images to encode; send at least one")
@@ -159,7 +167,7 @@ class VisionService:
             )
         try:
             async with asyncio.timeout(timeout):
-                images = await asyncio.gather(*(self._resolve(s) for s in sources))
+                images = await asyncio.gather(*(self._resolve(s, scope) for s in sources))
                 by_id = {image.image_id: image for image in images}
                 outcomes = await self.flights.run(
                     list(by_id), lambda ids, wanted: self._lead([by_id[i] for i in ids], wanted)
@@ -167,23 +175,25 @@ class VisionService:
                 outcome_of = dict(zip(by_id, outcomes, strict=True))
                 return [await self._result(outcome_of[image.image_id], force_inline) for image in images]
         except InvalidInput:
-            self.metrics.inc("requests_rejected")
+            self.metrics.inc("vision_requests_rejected")
             raise
         except TimeoutError:
-            self.metrics.inc("requests_timed_out")
+            self.metrics.inc("vision_requests_timed_out")
             raise DeadlineExceeded("the deadline passed before the images were encoded") from None
 
-    async def _resolve(self, source: ImageInput) -> _Image:
+    async def _resolve(self, source: ImageInput, scope: str) -> _Image:
         if source.data is not None:
             fmt = media.sniff(source.data, source.media_type, self.limits)
-            return _Image(await image_id_of_async(source.data), source.data, fmt, from_store=False)
+            image_id = scoped_image_id(await image_id_of_async(source.data), scope)
+            return _Image(image_id, source.data, fmt, from_store=False)
         if source.image_id is None:
             raise InvalidInput("each image needs its bytes (data) or an image_id from an earlier call")
         image_id = source.image_id
         if not is_image_id(image_id):
             raise InvalidInput("image_id must be 64 lowercase hex digits, as returned by an earlier call")
         try:
-            stored = await self.cache.get_image_bytes(image_id, strict=True) if self.cache else None
+            cache = self.cache
+            stored = await cache.get_image_bytes(image_id, strict=True, scope=scope) if cache else None
         except StoreUnavailable:
             raise Unavailable(
                 "the image store is unreachable; send the image bytes instead or retry"
@@ -252,7 +262,7 @@ class VisionService:
         if not images:
             return {}
         if self.pending_images + len(images) > self.config.max_pending_images:
-            self.metrics.inc("images_refused", len(images))
+            self.metrics.inc("vision_images_refused", len(images))
             return {i.image_id: Overloaded(OVERLOADED) for i in images}
         self.pending_images += len(images)
         try:
@@ -313,4 +323,5 @@ class VisionService:
         return stored
 
     async def _in_pool(self, fn: Callable[..., R], *args: object) -> R:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        context = contextvars.copy_context()  # the request's id on the pool's log lines
+        return await asyncio.get_running_loop().run_in_executor(self.pool, context.run, fn, *args)

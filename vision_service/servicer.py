@@ -51,7 +51,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         self, request: vision_pb2.EncodeRequest, context: aio.ServicerContext
     ) -> vision_pb2.EncodeResponse:
         images = [image_input_from_pb(i) for i in request.images]
-        results = await self.service.encode(images, request.force_inline, context.time_remaining())
+        results = await self.service.encode(
+            images, request.force_inline, context.time_remaining(), request.key_scope
+        )
         return vision_pb2.EncodeResponse(images=[encoded_to_pb(r) for r in results])
 
     async def GetVisionInfo(

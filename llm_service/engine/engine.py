@@ -126,6 +126,10 @@ class Engine:
             raise InvalidInput(f"inputs_embeds must be [{n}, {self.model.hidden_size}]")
         if tuple(request.position_ids.shape) != (self.model.position_dims, n):
             raise InvalidInput(f"position_ids must be [{self.model.position_dims}, {n}]")
+        if any(t >= self.model.vocab_size for t in sampling.stop_token_ids):
+            raise InvalidInput(
+                f"stop_token_ids must be token ids below the vocabulary size ({self.model.vocab_size})"
+            )
         if n + sampling.max_new_tokens > self.config.context_length:
             raise InvalidInput(
                 f"the prompt ({n} tokens) plus max_new_tokens ({sampling.max_new_tokens}) exceeds "

@@ -1,13 +1,30 @@
-"""Token selection for a batch of rows, each with its own sampling settings and random stream."""
+"""Token selection for a batch of rows, each with its own sampling settings and random stream.
+
+Scores are processed in float32, whatever the model's dtype. A row whose scores cannot be
+sampled (NaN or +inf after the repetition penalty and temperature, or no finite score at all)
+gets a ``GenerationFailed`` in place of its token, so it fails alone and the other rows of the
+batch are untouched.
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 
 import torch
 
-from llm_service.engine.types import SamplingConfig
+from llm_service.engine.types import GenerationFailed, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+Sampled = int | GenerationFailed
+"""A row's token, or why the row cannot go on."""
+
+NON_FINITE_MESSAGE = (
+    "the model's scores for this request are not finite (NaN or infinity), so no token can be "
+    "sampled; generation stopped"
+)
 
 
 class RowSampler:
@@ -27,16 +44,50 @@ class RowSampler:
             self.generator.manual_seed(seed)
 
 
-def sample(logits: torch.Tensor, rows: Sequence[RowSampler]) -> list[int]:
-    """Pick one token per row of ``logits`` [B, V] (repetition penalty, then greedy or sampled)."""
+def sample(logits: torch.Tensor, rows: Sequence[RowSampler]) -> list[Sampled]:
+    """One token per row of ``logits`` [B, V] (repetition penalty, then greedy or sampled).
+
+    Never raises for one row's sake. The rows are processed together; should that raise (a
+    value no check foresaw), each row is processed again alone. Rows draw from their generators
+    only at the very end, one by one, so a retried seeded row draws what it would have drawn.
+    """
+    try:
+        return _sample(logits, rows)
+    except Exception:
+        if len(rows) == 1:
+            log.exception("sampling failed for one row")
+            return [GenerationFailed("sampling failed for this request; generation stopped")]
+        log.exception("batched sampling failed; sampling the %d rows one by one", len(rows))
+        return [sample(logits[i : i + 1], [row])[0] for i, row in enumerate(rows)]
+
+
+def _sample(logits: torch.Tensor, rows: Sequence[RowSampler]) -> list[Sampled]:
     scores = _apply_repetition_penalty(logits.float(), rows)
-    tokens = scores.argmax(dim=-1)
-    sampled = [i for i, row in enumerate(rows) if not row.config.greedy]
+    usable = _usable(scores).tolist()
+    tokens: list[Sampled] = [
+        token if ok else GenerationFailed(NON_FINITE_MESSAGE)
+        for token, ok in zip(scores.argmax(dim=-1).tolist(), usable, strict=True)
+    ]
+    sampled = [i for i, row in enumerate(rows) if not row.config.greedy and usable[i]]
     if sampled:
         probs = _probabilities(scores[sampled], [rows[i].config for i in sampled])
+        drawable = _usable(probs).tolist()
         for j, i in enumerate(sampled):
-            tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
-    return tokens.tolist()
+            tokens[i] = _draw(probs[j], rows[i]) if drawable[j] else GenerationFailed(NON_FINITE_MESSAGE)
+    return tokens
+
+
+def _usable(scores: torch.Tensor) -> torch.Tensor:
+    """Per row: no NaN, no +inf, at least one finite value (-inf marks impossible tokens)."""
+    return ~(scores.isnan() | scores.isposinf()).any(dim=-1) & scores.isfinite().any(dim=-1)
+
+
+def _draw(probs: torch.Tensor, row: RowSampler) -> Sampled:
+    try:
+        return int(torch.multinomial(probs, 1, generator=row.generator)[0])
+    except Exception:  # caught here, per row, so that no retry ever draws twice
+        log.exception("drawing a token failed for one row")
+        return GenerationFailed("sampling failed for this request; generation stopped")
 
 
 def _apply_repetition_penalty(scores: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tensor:

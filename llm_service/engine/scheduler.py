@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter
 
 import torch
 
 from llm_service.engine.batch import DecodeBatch
+from llm_service.engine.fair_queue import FairQueue
 from llm_service.engine.prefill import PrefillJob, group_by_length, padded_inputs
-from llm_service.engine.sampling import sample
+from llm_service.engine.sampling import Sampled, sample
 from llm_service.engine.sequence import Sequence
 from llm_service.engine.session_cache import SessionCache
-from llm_service.engine.types import EngineConfig, LanguageModel
+from llm_service.engine.types import EngineConfig, GenerationFailed, LanguageModel
 from tandem.errors import Overloaded, Unavailable
 from tandem.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+TEXT_FAILED_MESSAGE = "turning this request's tokens into text failed; generation stopped"
 
 
 class Scheduler:
@@ -33,7 +36,16 @@ class Scheduler:
     its reused KV; a prompt larger than the budget left is prefilled in chunks over several
     steps, one at a time); a sequence whose prompt is done samples its first token and joins the
     batch; then one decode step for the whole batch. A row finishing with a session id leaves
-    its KV in the session cache.
+    its KV in the session cache. Queued requests are admitted fairly across tenants
+    (``FairQueue``: round robin, at most ``EngineConfig.tenant_cap`` rows per tenant while
+    another tenant waits).
+
+    Failures stay as narrow as the state they spoil. A row whose token cannot be sampled
+    (non-finite scores) or whose text step raises (stop strings, detokenisation) fails alone
+    with ``GenerationFailed``; the others keep streaming. A failed forward fails every row it
+    carried (one prefill group, or the whole decode batch): it may have half-updated the shared
+    KV cache, so no row's state can be trusted, and retrying rows one by one would need each
+    row's KV rebuilt from its prompt, which is a new request's work.
     """
 
     def __init__(self, model: LanguageModel, config: EngineConfig, metrics: Metrics) -> None:
@@ -42,12 +54,10 @@ class Scheduler:
         self.metrics = metrics
         self.sessions = SessionCache(config.session_cache_entries)
         self.batch: DecodeBatch[Sequence] = DecodeBatch(model.new_cache, model.device)
-        self._inbox: deque[Sequence] = deque()
+        self._inbox = FairQueue()
         self._partial: PrefillJob | None = None
         self._cond = threading.Condition()
         self._stopping = False
-        self._gauges = {"engine_waiting": 0, "engine_running": 0}
-        self._gauge_lock = threading.Lock()
 
     # -- any thread ---------------------------------------------------------------------------
     def submit(self, seq: Sequence) -> None:
@@ -96,7 +106,7 @@ class Scheduler:
     def fail_all(self, error: BaseException) -> None:
         """Deliver ``error`` to every queued and running sequence and forget them."""
         with self._cond:
-            queued, self._inbox = list(self._inbox), deque()
+            queued = self._inbox.drain()
         partial = [self._partial.seq] if self._partial else []
         self._fail(queued + partial + self.batch.items, error)
         self._partial = None
@@ -126,7 +136,12 @@ class Scheduler:
         self.batch.keep(keep)
 
     def _cancelled(self, seq: Sequence) -> None:
-        log.debug("request %s cancelled after %d tokens", seq.request.request_id, len(seq.generated))
+        log.debug(
+            "request %s cancelled after %d tokens",
+            seq.request.request_id,
+            len(seq.generated),
+            extra=_ids(seq),
+        )
         self.metrics.inc("engine_cancelled")
         seq.sink(seq.cancel_event())
 
@@ -135,25 +150,25 @@ class Scheduler:
             seq.done = seq.failed = True
             seq.sink(error)
 
-    def _next_queued(self) -> Sequence | None:
+    def _next_queued(self, running: Counter[str]) -> Sequence | None:
         with self._cond:
-            while self._inbox and self._inbox[0].cancelled:
-                self._cancelled(self._inbox.popleft())
-            return self._inbox.popleft() if self._inbox else None
+            return self._inbox.pop(running, self.config.tenant_cap, self._cancelled)
 
     def _plan(self) -> list[PrefillJob]:
-        """This step's prefill work: the partial prompt first, then queued requests, FIFO."""
+        """This step's prefill work: the partial prompt first, then queued requests, fairly."""
         budget, jobs = self.config.max_prefill_tokens, list[PrefillJob]()
         partial, self._partial = self._partial, None
         if partial is not None and partial.seq.cancelled:
             self._cancelled(partial.seq)
             partial = None
+        running = Counter(seq.request.tenant for seq in self.batch.items)
         while budget > 0 and len(self.batch) + len(jobs) < self.config.max_batch_size:
-            job = partial if partial is not None else self._start(self._next_queued())
+            job = partial if partial is not None else self._start(self._next_queued(running))
             if job is None:
                 break
             partial, job.take = None, min(job.remaining, budget)
             budget -= job.take
+            running[job.seq.request.tenant] += 1
             jobs.append(job)
         return jobs
 
@@ -194,9 +209,9 @@ class Scheduler:
             seqs = [job.seq for job in jobs]
             self.batch.add([(seqs, cache, [seq.prompt_len for seq in seqs])])
             for seq, token in zip(seqs, sample(logits, [s.sampler for s in seqs]), strict=True):
-                self._emit(seq, token)
-            self.metrics.inc("engine_prompt_tokens", sum(seq.prompt_len for seq in seqs))
-            self.metrics.inc("engine_cached_tokens", sum(seq.cached_tokens for seq in seqs))
+                self._deliver(seq, token)
+            self.metrics.inc("prompt_tokens", sum(seq.prompt_len for seq in seqs))
+            self.metrics.inc("cached_prompt_tokens", sum(seq.cached_tokens for seq in seqs))
             self.metrics.inc("engine_prefills", len(seqs))
         self.metrics.observe("engine_prefill_seconds", time.perf_counter() - start)
 
@@ -211,24 +226,45 @@ class Scheduler:
             mask = self.batch.next_mask()
             logits, cache = model.forward(embeds, positions, mask, self.batch.cache)
             self.batch.advance(cache, mask)
-            tokens = sample(logits, [s.sampler for s in seqs])
         except Exception as exc:
             log.exception("decode step failed; failing the %d running requests", len(seqs))
             self._fail(seqs, exc)
             self.batch.keep([])
             return
-        for seq, token in zip(seqs, tokens, strict=True):
+        for seq, token in zip(seqs, sample(logits, [s.sampler for s in seqs]), strict=True):
             if not seq.cancelled:
-                self._emit(seq, token)
+                self._deliver(seq, token)
         self.metrics.observe("engine_decode_seconds", time.perf_counter() - start)
 
+    def _deliver(self, seq: Sequence, token: Sampled) -> None:
+        """Emit one row's token; a row that cannot go on fails alone (see the class doc)."""
+        if isinstance(token, GenerationFailed):
+            log.warning("request %s failed alone: %s", seq.request.request_id, token, extra=_ids(seq))
+            self._fail([seq], token)
+            return
+        try:
+            self._emit(seq, token)
+        except Exception:
+            log.exception(
+                "request %s failed alone while processing its output", seq.request.request_id, extra=_ids(seq)
+            )
+            self._fail([seq], GenerationFailed(TEXT_FAILED_MESSAGE))
+
     def _emit(self, seq: Sequence, token: int) -> None:
+        now = time.perf_counter()
+        if seq.last_token_at is not None:
+            self.metrics.observe("time_per_output_token_seconds", now - seq.last_token_at)
+        seq.last_token_at = now
         event = seq.accept(token)
-        self.metrics.inc("engine_tokens_generated")
+        self.metrics.inc("generation_tokens")
         if event.finish_reason is not None:
-            self.metrics.inc(f"engine_finished_{event.finish_reason}")
+            self.metrics.inc("request_success", finished_reason=event.finish_reason)
             log.debug(
-                "request %s finished (%s): %r", seq.request.request_id, event.finish_reason, event.usage
+                "request %s finished (%s): %r",
+                seq.request.request_id,
+                event.finish_reason,
+                event.usage,
+                extra=_ids(seq),
             )
         seq.sink(event)
 
@@ -239,9 +275,10 @@ class Scheduler:
         self.sessions.put(seq.request.session_id, seq.cached_keys, self.batch.extract(row))
 
     def _set_gauges(self) -> None:
-        """Waiting/running as counters moved by their change (``Metrics`` has no gauges)."""
-        with self._gauge_lock:
-            for name, value in (("engine_waiting", self.waiting), ("engine_running", self.running)):
-                delta, self._gauges[name] = value - self._gauges[name], value
-                if delta:
-                    self.metrics.inc(name, delta)
+        self.metrics.set("num_requests_waiting", self.waiting)
+        self.metrics.set("num_requests_running", self.running)
+
+
+def _ids(seq: Sequence) -> dict[str, str]:
+    """Log ``extra`` naming the request (this thread has no request context to take it from)."""
+    return {"request_id": seq.request.request_id}

@@ -29,6 +29,7 @@ class Sequence:
         self.sampler = RowSampler(request.sampling, request.prompt_token_ids)
         self.generated: list[int] = []
         self.cached_tokens = 0
+        self.last_token_at: float | None = None  # perf_counter() of the last token (time per token)
         self.cancelled = False
         self.done = False
         self.failed = False

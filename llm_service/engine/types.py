@@ -13,8 +13,23 @@ from typing import Any, Protocol
 
 import torch
 
+from tandem.errors import TandemError
 from tandem.wire.types import FinishReason as FinishReason
 from tandem.wire.types import Usage as Usage
+
+MIN_TEMPERATURE = 0.01
+"""A temperature in (0, MIN_TEMPERATURE) is raised to it (vLLM's rule): dividing float32 scores by
+a tinier one overflows to infinity, and sampling that sharp is greedy in all but name."""
+REPETITION_PENALTY_RANGE = (0.01, 10.0)
+"""Accepted repetition penalties (the HTTP API's range): far outside it, penalised scores
+overflow float32 or vanish, and no model is usable with such values anyway."""
+
+
+class GenerationFailed(TandemError):
+    """One request's generation failed on its own (its sampling or its text); INTERNAL.
+
+    The scheduler delivers it to that request alone: the rest of the batch keeps streaming.
+    """
 
 
 class LanguageModel(Protocol):
@@ -53,7 +68,13 @@ class LanguageModel(Protocol):
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Per-request decoding parameters; temperature 0 means greedy (top_p/top_k then unused)."""
+    """Per-request decoding parameters; temperature 0 means greedy (top_p/top_k then unused).
+
+    Values that cannot be computed are refused (``ValueError``) or, for a tiny temperature,
+    made computable: a temperature in (0, ``MIN_TEMPERATURE``) becomes ``MIN_TEMPERATURE``, as in
+    vLLM; the request still samples (with its seed), it is not turned into greedy decoding. The
+    repetition penalty must lie in ``REPETITION_PENALTY_RANGE``, top_p in (0, 1], top_k >= 0.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -71,12 +92,15 @@ class SamplingConfig:
             raise ValueError(f"{self.max_new_tokens=} must be >= 1")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"{self.temperature=} must be a finite number >= 0")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            object.__setattr__(self, "temperature", MIN_TEMPERATURE)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"{self.top_p=} must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError(f"{self.top_k=} must be >= 0 (0 disables top-k)")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise ValueError(f"{self.repetition_penalty=} must be a finite number > 0")
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= self.repetition_penalty <= high:  # NaN fails too
+            raise ValueError(f"{self.repetition_penalty=} must be between {low} and {high}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ValueError(f"{self.seed=} must be in [0, 2**63)")
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -109,6 +133,7 @@ class EngineRequest:
     sampling: SamplingConfig
     image_tokens: int = 0
     session_id: str | None = None
+    tenant: str = ""  # who asked: batch slots are shared fairly between tenants (``FairQueue``)
 
     def __repr__(self) -> str:
         return (
@@ -146,7 +171,9 @@ class EngineConfig:
     ``Overloaded``); prompt + max_new_tokens must fit ``context_length``; at most
     ``max_prefill_tokens`` prompt positions are prefilled between two decode steps (a longer
     prompt is prefilled in chunks over several steps: this bounds the stall running streams
-    see); ``session_cache_entries`` sessions keep their last turn's KV (LRU).
+    see); ``session_cache_entries`` sessions keep their last turn's KV (LRU); while another
+    tenant waits, one tenant runs at most ``max_running_per_tenant`` sequences (0: one less
+    than the batch, so another tenant always finds a slot).
     """
 
     context_length: int
@@ -154,6 +181,12 @@ class EngineConfig:
     max_queue: int = 64
     max_prefill_tokens: int = 512
     session_cache_entries: int = 64
+    max_running_per_tenant: int = 0
+
+    @property
+    def tenant_cap(self) -> int:
+        """Sequences one tenant may run while another tenant waits."""
+        return self.max_running_per_tenant or max(1, self.max_batch_size - 1)
 
     def __post_init__(self) -> None:
         if self.context_length < 2:
@@ -164,5 +197,7 @@ class EngineConfig:
             raise ValueError(f"{self.max_queue=} must be >= 0")
         if self.max_prefill_tokens < 1:
             raise ValueError(f"{self.max_prefill_tokens=} must be >= 1")
+        if self.max_running_per_tenant < 0:
+            raise ValueError(f"{self.max_running_per_tenant=} must be >= 0 (0: max_batch_size - 1)")
         if self.session_cache_entries < 0:
             raise ValueError(f"{self.session_cache_entries=} must be >= 0 (0 disables KV reuse)")

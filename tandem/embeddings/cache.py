@@ -5,15 +5,20 @@ Keys (``prefix`` defaults to ``tandem``):
 - ``{prefix}:emb:{fingerprint}:{image_id}`` -> embedding record (``record.py``); a record
   larger than ``chunk_bytes`` keeps its first part there and the rest under ``...:{i}`` for
   i = 1..num_chunks (Redis slows sharply on values over ~8 MB).
-- ``{prefix}:img:{image_id}`` -> the original image bytes, kept longer than embeddings so an
-  evicted embedding can be recomputed between turns.
+- ``{prefix}:img:{image_id}`` -> the original image bytes, for ``image_ttl_seconds`` (15 min by
+  default): an image id of a request without a session can be sent again meanwhile, and an
+  evicted embedding is recomputed from them. This is the cache role (bounded, LRU): a session's
+  images are also kept in the state role by the gateway (``gateway.session_images``), which
+  sends their bytes again when these are gone.
 - ``{prefix}:lease:{fingerprint}:{image_id}`` -> the replica currently encoding that image.
 
 ``image_id`` is the sha256 of the bytes received, computed by the service. ``get`` reads and
 validates a whole value; ``get_header`` reads only its first bytes and lengths (to report a hit
 without moving the tensor). A value that fails validation is deleted, counted
-(``cache_bad_values``) and reported as a miss. An unreachable
-store is also a miss (``cache_unavailable``): callers compute instead of failing.
+(``vision_cache_bad_values``) and reported as a miss. An unreachable store is also a miss
+(``redis_errors{role="cache"}``): callers compute instead of failing. Lookups count
+``vision_cache_hits``/``vision_cache_misses``; reads and writes are spans of the current request
+when it is traced.
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ from vlm.v1 import common_pb2
 
 from tandem.embeddings import record
 from tandem.embeddings.ids import image_id_of as image_id_of  # re-exported for callers of this module
-from tandem.embeddings.ids import image_id_of_async
+from tandem.embeddings.ids import image_id_of_async, scoped_image_id
 from tandem.embeddings.ids import is_image_id as is_image_id
 from tandem.embeddings.kv import KeyValueStore, StoreUnavailable
 from tandem.metrics import Metrics
+from tandem.serving import request_context
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_CHUNKS = 1024
+_REDIS = {"db.system": "redis"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class CacheSettings:
 
     prefix: str = "tandem"
     embedding_ttl_seconds: int = 3600
-    image_ttl_seconds: int = 7 * 24 * 3600
+    image_ttl_seconds: int = 900
     chunk_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -121,7 +128,8 @@ class EmbeddingCache:
     async def get(self, image_id: str, num_tokens: int | None = None) -> Embedding | None:
         """The cached embedding, or None on a miss, a bad value or an unreachable store."""
         key = self.key(image_id)
-        return await self._lookup(image_id, key, self._read(key, self.expected(image_id, num_tokens)))
+        with request_context.span("cache get", attributes=_REDIS):
+            return await self._lookup(image_id, key, self._read(key, self.expected(image_id, num_tokens)))
 
     async def get_header(self, image_id: str) -> common_pb2.EmbeddingHeader | None:
         """The cached embedding's header without reading its tensor; None as for ``get``.
@@ -131,21 +139,22 @@ class EmbeddingCache:
         counted as in ``get``. Whoever uses the tensor reads and validates it whole (``get``).
         """
         key = self.key(image_id)
-        return await self._lookup(image_id, key, self._read_header(key, self.expected(image_id)))
+        with request_context.span("cache get_header", attributes=_REDIS):
+            return await self._lookup(image_id, key, self._read_header(key, self.expected(image_id)))
 
     async def _lookup(self, image_id: str, key: str, read: Awaitable[T | None]) -> T | None:
         """``read``'s result, counted; a bad value is deleted; an unreachable store is a miss."""
         try:
             found = await read
         except StoreUnavailable:
-            self.metrics.inc("cache_unavailable")
+            self.metrics.inc("redis_errors", role="cache")
             return None
         except record.BadRecord as exc:
             log.warning("bad cache value for %s: %s; deleting", image_id[:12], exc)
-            self.metrics.inc("cache_bad_values")
+            self.metrics.inc("vision_cache_bad_values")
             await self._forget(key)
             return None
-        self.metrics.inc("cache_misses" if found is None else "cache_hits")
+        self.metrics.inc("vision_cache_misses" if found is None else "vision_cache_hits")
         return found
 
     async def _read(self, key: str, expected: record.Expected) -> Embedding | None:
@@ -191,36 +200,42 @@ class EmbeddingCache:
         items: list[tuple[str, bytes | memoryview]] = [(f"{key}:{i}", p) for i, p in enumerate(parts) if i]
         items.append((key, record.encode(header, parts[0])))  # head last: readers never see a partial record
         try:
-            await self.store.put_many(items, self.settings.embedding_ttl_seconds)
+            with request_context.span("cache put", attributes=_REDIS):
+                await self.store.put_many(items, self.settings.embedding_ttl_seconds)
         except StoreUnavailable:
-            self.metrics.inc("cache_unavailable")
+            self.metrics.inc("redis_errors", role="cache")
             return False
         return True
 
-    async def get_image_bytes(self, image_id: str, *, strict: bool = False) -> bytes | None:
+    async def get_image_bytes(self, image_id: str, *, strict: bool = False, scope: str = "") -> bytes | None:
         """Original bytes of an image sent earlier, or None (unknown, expired or store down).
 
         ``strict``: an unreachable store raises ``StoreUnavailable`` instead of returning None,
-        so callers can tell "unknown image" from "cannot look it up now".
+        so callers can tell "unknown image" from "cannot look it up now". The bytes must hash to
+        ``image_id`` in the key ``scope`` it was made in (``scoped_image_id``).
         """
         try:
-            (value,) = await self.store.get_many([self.image_key(image_id)])
+            with request_context.span("cache get_image", attributes=_REDIS):
+                (value,) = await self.store.get_many([self.image_key(image_id)])
         except StoreUnavailable:
-            self.metrics.inc("cache_unavailable")
+            self.metrics.inc("redis_errors", role="cache")
             if strict:
                 raise
             return None
-        if value is not None and await image_id_of_async(value) != image_id:
-            self.metrics.inc("cache_bad_values")
+        if value is not None and scoped_image_id(await image_id_of_async(value), scope) != image_id:
+            if scope:  # maybe another scope's image: unknown here, and not ours to delete
+                return None
+            self.metrics.inc("vision_cache_bad_values")
             await self._forget(self.image_key(image_id))
             return None
         return value
 
     async def put_image_bytes(self, image_id: str, data: bytes) -> bool:
         try:
-            await self.store.put_many([(self.image_key(image_id), data)], self.settings.image_ttl_seconds)
+            with request_context.span("cache put_image", attributes=_REDIS):
+                await self.store.put_many([(self.image_key(image_id), data)], self.settings.image_ttl_seconds)
         except StoreUnavailable:
-            self.metrics.inc("cache_unavailable")
+            self.metrics.inc("redis_errors", role="cache")
             return False
         return True
 

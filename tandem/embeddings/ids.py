@@ -1,4 +1,9 @@
-"""Image identity: the sha256 hex digest of an image's exact bytes (no torch import here)."""
+"""Image identity: the sha256 hex digest of an image's exact bytes (no torch import here).
+
+In a key scope (the gateway's ``--cache-scope tenant``) the id of the same bytes is another
+sha256, of the scope and that digest (``scoped_image_id``): each tenant's images get their own
+ids, cache entries and stored bytes, so no tenant can time another's cache hits.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,13 @@ async def image_id_of_async(data: bytes) -> str:
     if len(data) <= HASH_INLINE_BYTES:
         return image_id_of(data)
     return await asyncio.to_thread(image_id_of, data)
+
+
+def scoped_image_id(image_id: str, scope: str) -> str:
+    """The id of the image ``image_id`` within ``scope`` (itself when the scope is empty)."""
+    if not scope:
+        return image_id
+    return hashlib.sha256(f"tandem-image-scope\0{scope}\0{image_id}".encode()).hexdigest()
 
 
 def is_image_id(value: str) -> bool:

@@ -1,18 +1,48 @@
-"""Bearer-token authentication for every method except the health service.
+"""Bearer-token authentication for every method except the health service, and the caller's tenant.
 
 Kubernetes probes call ``grpc.health.v1.Health`` without credentials, so health stays open;
-every other method, streaming ones included, needs ``authorization: Bearer <token>``.
+every other method, streaming ones included, needs ``authorization: Bearer <token>`` with one
+of the server's ``ApiKeys``. The key names the call's tenant: the interceptor binds it for the
+handler (``current_tenant()``; the gateway's servicer passes it on explicitly) and writes it on
+the request context, so the access-log line names it. Unknown or missing tokens are
+UNAUTHENTICATED. The workers' servers hold one internal key, the gateway's the public ones.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
 
 import grpc
 from grpc import aio
 
+from tandem.serving import request_context
+from tandem.serving.api_keys import ANONYMOUS, ApiKeys
+
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+_TENANT: ContextVar[str] = ContextVar("tandem_tenant", default=ANONYMOUS)
+REFUSED = "missing or wrong bearer token in the 'authorization' metadata"
+
+
+def current_tenant() -> str:
+    """The tenant of the call being served (``""`` without API keys, or outside a call)."""
+    return _TENANT.get()
+
+
+@contextlib.contextmanager
+def serving_tenant(tenant: str) -> Iterator[None]:
+    """Bind ``tenant`` to the current task for the body, and name it on the request context."""
+    token = _TENANT.set(tenant)
+    if (context := request_context.current()) is not None:
+        context.tenant = tenant
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # a stream abandoned and closed from another context
+            _TENANT.reset(token)
 
 
 def _refuse(message: str) -> grpc.RpcMethodHandler:
@@ -22,11 +52,51 @@ def _refuse(message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(deny)
 
 
-class AuthInterceptor(aio.ServerInterceptor):
-    """Refuses calls whose bearer token does not match (constant-time comparison)."""
+def _bound(behavior: Callable[..., Any], tenant: str) -> Callable[..., Any]:
+    """``behavior`` (a handler of any call type) run with ``tenant`` bound."""
+    if inspect.isasyncgenfunction(behavior):
 
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+        async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            with serving_tenant(tenant):
+                async with contextlib.aclosing(behavior(request, context)) as items:
+                    async for item in items:
+                        yield item
+
+        return stream
+
+    async def call(request: Any, context: aio.ServicerContext) -> Any:
+        with serving_tenant(tenant):
+            return await behavior(request, context)
+
+    return call
+
+
+def _with_tenant(handler: grpc.RpcMethodHandler, tenant: str) -> grpc.RpcMethodHandler:
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(_bound(handler.unary_unary, tenant), **codecs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_bound(handler.unary_stream, tenant), **codecs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(_bound(handler.stream_unary, tenant), **codecs)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(_bound(handler.stream_stream, tenant), **codecs)
+    return handler
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """Refuses calls without a known key (constant-time lookup); binds the key's tenant.
+
+    ``keys`` may be a bare token: one key of the tenant ``default``.
+    """
+
+    def __init__(self, keys: ApiKeys | str):
+        self.keys = ApiKeys.single(keys) if isinstance(keys, str) else keys
+        if not self.keys:
+            raise ValueError("AuthInterceptor needs at least one key")
 
     async def intercept_service(
         self,
@@ -36,8 +106,8 @@ class AuthInterceptor(aio.ServerInterceptor):
         if handler_call_details.method.startswith(_OPEN_PREFIXES):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else given
-        if not hmac.compare_digest(given_bytes, self._expected):
-            return _refuse("missing or wrong bearer token in the 'authorization' metadata")
-        return await continuation(handler_call_details)
+        tenant = self.keys.tenant_of(metadata.get("authorization"))
+        if tenant is None:
+            return _refuse(REFUSED)
+        handler = await continuation(handler_call_details)
+        return handler if handler is None else _with_tenant(handler, tenant)

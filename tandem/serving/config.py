@@ -13,11 +13,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from tandem.serving.api_keys import ApiKeys
+from tandem.serving.logs import LOG_FORMATS
 from tandem.serving.options import check_choices, opt
 
 MIB = 1024 * 1024
 SERVER = "server"
 REDIS = "redis"
+INTERNAL_TENANT = "internal"  # what a worker's access log names the gateway's calls
 
 
 def listen_host(env: str | None = None) -> Any:
@@ -39,8 +42,8 @@ def with_default(cls: type[Any], name: str, default: object) -> Any:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """The gRPC listener (address, message size, drain period, reflection, auth, TLS) and the
-    process's log level."""
+    """The gRPC listener (address, message size, drain period, reflection, auth, TLS), the
+    metrics port, and the process's log level and format."""
 
     host: str = listen_host()
     port: int = listen_port()
@@ -63,9 +66,20 @@ class ServerConfig:
     )
     auth_token: str | None = field(
         default=None,
+        repr=False,
         metadata=opt(
             "bearer token every call must carry (health excepted); unset: no auth",
             env="TANDEM_AUTH_TOKEN",
+            group=SERVER,
+        ),
+    )
+    internal_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata=opt(
+            "bearer token between the gateway and the workers: the workers require it instead of "
+            "--auth-token (public keys never open them), the gateway sends it to them",
+            env="TANDEM_INTERNAL_TOKEN",
             group=SERVER,
         ),
     )
@@ -83,13 +97,38 @@ class ServerConfig:
             "write the bound port to this file once listening", env="TANDEM_PORT_FILE", group=SERVER
         ),
     )
+    metrics_port: int = field(
+        default=0,
+        metadata=opt(
+            "serve Prometheus GET /metrics on this port (0 = off; the gateway also serves it on its "
+            "HTTP port)",
+            env="TANDEM_METRICS_PORT",
+            group=SERVER,
+        ),
+    )
     log_level: str = field(
         default="INFO", metadata=opt("logging level", env="TANDEM_LOG_LEVEL", group=SERVER)
     )
+    log_format: str = field(
+        default="text",
+        metadata=opt(
+            "log lines as text or as JSON objects (each with the request id)",
+            env="TANDEM_LOG_FORMAT",
+            choices=LOG_FORMATS,
+            group=SERVER,
+        ),
+    )
+
+    def worker_keys(self) -> ApiKeys:
+        """The one key a worker (vision, language) requires: the internal token, or, where none
+        is set, ``auth_token`` as before the internal token existed."""
+        return ApiKeys.single(self.internal_token or self.auth_token, tenant=INTERNAL_TENANT)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{self.port=} must be in 0..65535")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"{self.metrics_port=} must be in 0..65535 (0 = off)")
         if self.max_message_bytes < 4 * MIB:
             raise ValueError(f"{self.max_message_bytes=} must be >= 4 MiB")
         if self.grace_seconds < 0:
@@ -100,14 +139,34 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """The shared Redis: URL, key prefix and the per-command timeout."""
+    """The shared Redis: the cache and state URLs, key prefix and the per-command timeout.
+
+    Two roles (README, "State and cache"): the *cache* (``redis_url``: embeddings, encode
+    leases, the image bytes of requests without a session; bounded, ``allkeys-lru`` is right)
+    and the *state* (``state_url``: sessions, turn locks, idempotency fences, tenant ownership
+    and accounting, the image bytes of sessions; never evicted, persistent). Only the gateway
+    keeps state; the workers use the cache alone. Without ``state_redis_url`` the state shares
+    the cache's Redis, which is then only safe with ``maxmemory-policy noeviction`` (the
+    gateway refuses to start on one that evicts).
+    """
 
     redis_url: str = field(
         default="",
         metadata=opt(
-            'Redis for sessions, image bytes and embeddings, e.g. redis://host:6379/0; "" = none '
-            "(a worker then hands embeddings over inline)",
+            'Redis cache (embeddings, image bytes of stateless requests), e.g. redis://host:6379/0; "" = '
+            "none (a worker then hands embeddings over inline); also the state Redis unless "
+            "--state-redis-url is set",
             env="REDIS_URL",
+            group=REDIS,
+        ),
+    )
+    state_redis_url: str = field(
+        default="",
+        metadata=opt(
+            "Redis for state that must never be evicted (sessions, turn locks, idempotency, tenant "
+            'ownership and usage, session images): persistent, maxmemory-policy noeviction; "" = '
+            "the --redis-url one (then that Redis must not evict)",
+            env="TANDEM_STATE_REDIS_URL",
             group=REDIS,
         ),
     )
@@ -121,6 +180,11 @@ class RedisConfig:
         default=0.5,
         metadata=opt("per-command Redis timeout; a slow Redis counts as down", group=REDIS),
     )
+
+    @property
+    def state_url(self) -> str:
+        """The state role's Redis: ``state_redis_url``, else the cache's ``redis_url``."""
+        return self.state_redis_url or self.redis_url
 
     def __post_init__(self) -> None:
         if not self.cache_prefix:

@@ -3,6 +3,12 @@
 Servicers hold no ``try/except``: a ``TandemError`` becomes its status code with its message,
 ``asyncio.CancelledError`` propagates (the call is gone), and anything else is logged with its
 traceback and reaches the caller as INTERNAL with a generic message.
+
+A request whose bytes do not parse as the method's message is INVALID_ARGUMENT "malformed
+request". grpc.aio runs the request deserializer outside any handler and answers its exception
+with UNKNOWN and the exception's repr, so the interceptor wraps the deserializer: a parse
+failure becomes the ``MALFORMED`` marker, which the wrapped handler refuses before the servicer
+sees anything.
 """
 
 from __future__ import annotations
@@ -19,6 +25,37 @@ from grpc import aio
 from tandem.errors import GENERIC_INTERNAL_MESSAGE, TandemError
 
 log = logging.getLogger(__name__)
+
+MALFORMED_MESSAGE = "malformed request: the message does not parse as this method's request type"
+
+
+class _Malformed:
+    """The request of a call whose bytes did not parse (see the module docstring)."""
+
+    def __repr__(self) -> str:
+        return "MALFORMED"
+
+
+MALFORMED = _Malformed()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserialize``, returning ``MALFORMED`` instead of raising on bytes that do not parse."""
+    if deserialize is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception:
+            return MALFORMED
+
+    return parse
+
+
+async def _refuse_malformed(context: aio.ServicerContext, method: str) -> None:
+    log.info("%s -> INVALID_ARGUMENT: the request did not parse", method)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -43,6 +80,8 @@ async def _abort(context: aio.ServicerContext, method: str, exc: Exception) -> N
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        if request is MALFORMED:
+            await _refuse_malformed(context, method)
         try:
             return await behavior(request, context)
         except (asyncio.CancelledError, aio.AbortError):
@@ -59,6 +98,8 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
         return _wrap_unary(behavior, method)
 
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        if request is MALFORMED:
+            await _refuse_malformed(context, method)
         try:
             async for item in behavior(request, context):
                 yield item
@@ -71,7 +112,8 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Maps exceptions of unary-unary and unary-stream handlers to statuses."""
+    """Maps exceptions of unary-unary and unary-stream handlers to statuses, and requests that
+    do not parse to INVALID_ARGUMENT."""
 
     async def intercept_service(
         self,
@@ -85,13 +127,13 @@ class ErrorInterceptor(aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -20,11 +20,26 @@ T = TypeVar("T")
 
 
 def opt(
-    help: str, *, env: str | None = None, choices: Sequence[str] | None = None, group: str | None = None
+    help: str,
+    *,
+    env: str | None = None,
+    choices: Sequence[str] | None = None,
+    group: str | None = None,
+    repeatable: bool = False,
 ) -> dict[str, Any]:
-    """Field metadata: the ``--help`` text, an optional environment variable, choices and the
-    ``--help`` section that lists the option (None: the service's own options)."""
-    return {"help": help, "env": env, "choices": choices, "group": group}
+    """Field metadata: the ``--help`` text, an optional environment variable, choices, the
+    ``--help`` section that lists the option (None: the service's own options) and, for a tuple
+    field, whether its flag may be given several times (``--api-key a=x --api-key b=y``)."""
+    return {"help": help, "env": env, "choices": choices, "group": group, "repeatable": repeatable}
+
+
+class _Repeat(argparse.Action):
+    """A repeatable tuple flag: the values of every use, which replace the default (env) ones."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest)
+        kept = () if current is self.default else tuple(current)
+        setattr(namespace, self.dest, (*kept, *values))
 
 
 def at_least(config: object, minimum: float, *names: str) -> None:
@@ -124,8 +139,9 @@ def _add_option(
             default=default,
             type=_converter(tp),
             choices=meta.get("choices"),
-            help=help_text,
+            help=help_text + (" (repeatable)" if meta.get("repeatable") else ""),
             metavar=field.name.upper(),
+            **({"action": _Repeat} if meta.get("repeatable") else {}),
         )
 
 

@@ -96,7 +96,7 @@ def start_stack(model: Path, redis_url: str, log_dir: Path, timeout: float = 180
         yield Stack(
             _addresses(launcher, open_gw, log_dir),
             _addresses(launcher, guarded_gw, log_dir),
-            str(model),
+            model.name,  # the public model id: the checkpoint folder's name, never its path
             log_dir,
         )
     finally:

@@ -180,27 +180,31 @@ class GetModelInfoResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class SessionRecord(_message.Message):
-    __slots__ = ("session", "messages", "turns")
+    __slots__ = ("session", "messages", "turns", "tenant")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TURNS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     session: Session
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]
     turns: _containers.RepeatedCompositeFieldContainer[CommittedTurn]
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., turns: _Optional[_Iterable[_Union[CommittedTurn, _Mapping]]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., turns: _Optional[_Iterable[_Union[CommittedTurn, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class CommittedTurn(_message.Message):
-    __slots__ = ("request_id", "text", "token_ids", "finish_reason", "usage", "image_ids")
+    __slots__ = ("request_id", "text", "token_ids", "finish_reason", "usage", "image_ids", "input_digest")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     image_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., image_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    input_digest: str
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., image_ids: _Optional[_Iterable[str]] = ..., input_digest: _Optional[str] = ...) -> None: ...

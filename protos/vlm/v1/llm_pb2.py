@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from vlm.v1 import common_pb2 as vlm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vlm/v1/llm.proto\x12\x06vlm.v1\x1a\x13vlm/v1/common.proto\"\x8c\x01\n\x15GenerateTokensRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x08messages\x18\x02 \x03(\x0b\x32\x0f.vlm.v1.Message\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.vlm.v1.SamplingParams\x12\x12\n\nsession_id\x18\x04 \x01(\t\"\x84\x01\n\x16GenerateTokensResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12+\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x14.vlm.v1.FinishReason\x12\x1c\n\x05usage\x18\x04 \x01(\x0b\x32\r.vlm.v1.Usage\"\x18\n\x16GetLanguageInfoRequest\":\n\x17GetLanguageInfoResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vlm.v1.ModelInfo2\xb8\x01\n\x0fLanguageService\x12Q\n\x0eGenerateTokens\x12\x1d.vlm.v1.GenerateTokensRequest\x1a\x1e.vlm.v1.GenerateTokensResponse0\x01\x12R\n\x0fGetLanguageInfo\x12\x1e.vlm.v1.GetLanguageInfoRequest\x1a\x1f.vlm.v1.GetLanguageInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vlm/v1/llm.proto\x12\x06vlm.v1\x1a\x13vlm/v1/common.proto\"\x9c\x01\n\x15GenerateTokensRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x08messages\x18\x02 \x03(\x0b\x32\x0f.vlm.v1.Message\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.vlm.v1.SamplingParams\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"\x84\x01\n\x16GenerateTokensResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12+\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x14.vlm.v1.FinishReason\x12\x1c\n\x05usage\x18\x04 \x01(\x0b\x32\r.vlm.v1.Usage\"\x18\n\x16GetLanguageInfoRequest\":\n\x17GetLanguageInfoResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vlm.v1.ModelInfo\";\n\x15ReleaseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x18\n\x16ReleaseSessionResponse2\x89\x02\n\x0fLanguageService\x12Q\n\x0eGenerateTokens\x12\x1d.vlm.v1.GenerateTokensRequest\x1a\x1e.vlm.v1.GenerateTokensResponse0\x01\x12R\n\x0fGetLanguageInfo\x12\x1e.vlm.v1.GetLanguageInfoRequest\x1a\x1f.vlm.v1.GetLanguageInfoResponse\x12O\n\x0eReleaseSession\x12\x1d.vlm.v1.ReleaseSessionRequest\x1a\x1e.vlm.v1.ReleaseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vlm.v1.llm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATETOKENSREQUEST']._serialized_start=50
-  _globals['_GENERATETOKENSREQUEST']._serialized_end=190
-  _globals['_GENERATETOKENSRESPONSE']._serialized_start=193
-  _globals['_GENERATETOKENSRESPONSE']._serialized_end=325
-  _globals['_GETLANGUAGEINFOREQUEST']._serialized_start=327
-  _globals['_GETLANGUAGEINFOREQUEST']._serialized_end=351
-  _globals['_GETLANGUAGEINFORESPONSE']._serialized_start=353
-  _globals['_GETLANGUAGEINFORESPONSE']._serialized_end=411
-  _globals['_LANGUAGESERVICE']._serialized_start=414
-  _globals['_LANGUAGESERVICE']._serialized_end=598
+  _globals['_GENERATETOKENSREQUEST']._serialized_end=206
+  _globals['_GENERATETOKENSRESPONSE']._serialized_start=209
+  _globals['_GENERATETOKENSRESPONSE']._serialized_end=341
+  _globals['_GETLANGUAGEINFOREQUEST']._serialized_start=343
+  _globals['_GETLANGUAGEINFOREQUEST']._serialized_end=367
+  _globals['_GETLANGUAGEINFORESPONSE']._serialized_start=369
+  _globals['_GETLANGUAGEINFORESPONSE']._serialized_end=427
+  _globals['_RELEASESESSIONREQUEST']._serialized_start=429
+  _globals['_RELEASESESSIONREQUEST']._serialized_end=488
+  _globals['_RELEASESESSIONRESPONSE']._serialized_start=490
+  _globals['_RELEASESESSIONRESPONSE']._serialized_end=514
+  _globals['_LANGUAGESERVICE']._serialized_start=517
+  _globals['_LANGUAGESERVICE']._serialized_end=782
 # @@protoc_insertion_point(module_scope)

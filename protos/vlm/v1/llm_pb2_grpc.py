@@ -45,6 +45,11 @@ class LanguageServiceStub:
                 request_serializer=vlm_dot_v1_dot_llm__pb2.GetLanguageInfoRequest.SerializeToString,
                 response_deserializer=vlm_dot_v1_dot_llm__pb2.GetLanguageInfoResponse.FromString,
                 _registered_method=True)
+        self.ReleaseSession = channel.unary_unary(
+                '/vlm.v1.LanguageService/ReleaseSession',
+                request_serializer=vlm_dot_v1_dot_llm__pb2.ReleaseSessionRequest.SerializeToString,
+                response_deserializer=vlm_dot_v1_dot_llm__pb2.ReleaseSessionResponse.FromString,
+                _registered_method=True)
 
 
 class LanguageServiceServicer:
@@ -65,6 +70,13 @@ class LanguageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseSession(self, request, context):
+        """Forgets a session's cached KV (the session was deleted); unknown sessions are not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LanguageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +89,11 @@ def add_LanguageServiceServicer_to_server(servicer, server):
                     servicer.GetLanguageInfo,
                     request_deserializer=vlm_dot_v1_dot_llm__pb2.GetLanguageInfoRequest.FromString,
                     response_serializer=vlm_dot_v1_dot_llm__pb2.GetLanguageInfoResponse.SerializeToString,
+            ),
+            'ReleaseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseSession,
+                    request_deserializer=vlm_dot_v1_dot_llm__pb2.ReleaseSessionRequest.FromString,
+                    response_serializer=vlm_dot_v1_dot_llm__pb2.ReleaseSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class LanguageService:
             '/vlm.v1.LanguageService/GetLanguageInfo',
             vlm_dot_v1_dot_llm__pb2.GetLanguageInfoRequest.SerializeToString,
             vlm_dot_v1_dot_llm__pb2.GetLanguageInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vlm.v1.LanguageService/ReleaseSession',
+            vlm_dot_v1_dot_llm__pb2.ReleaseSessionRequest.SerializeToString,
+            vlm_dot_v1_dot_llm__pb2.ReleaseSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from vlm.v1 import common_pb2 as vlm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vlm/v1/vision.proto\x12\x06vlm.v1\x1a\x13vlm/v1/common.proto\"N\n\nImageInput\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\x12\n\nmedia_type\x18\x03 \x01(\tB\x08\n\x06source\"I\n\rEncodeRequest\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.vlm.v1.ImageInput\x12\x14\n\x0c\x66orce_inline\x18\x02 \x01(\x08\"@\n\x0c\x45ncodedImage\x12\x1d\n\x03ref\x18\x01 \x01(\x0b\x32\x10.vlm.v1.ImageRef\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\"6\n\x0e\x45ncodeResponse\x12$\n\x06images\x18\x01 \x03(\x0b\x32\x14.vlm.v1.EncodedImage\"\x16\n\x14GetVisionInfoRequest\"8\n\x15GetVisionInfoResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vlm.v1.ModelInfo2\x96\x01\n\rVisionService\x12\x37\n\x06\x45ncode\x12\x15.vlm.v1.EncodeRequest\x1a\x16.vlm.v1.EncodeResponse\x12L\n\rGetVisionInfo\x12\x1c.vlm.v1.GetVisionInfoRequest\x1a\x1d.vlm.v1.GetVisionInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vlm/v1/vision.proto\x12\x06vlm.v1\x1a\x13vlm/v1/common.proto\"N\n\nImageInput\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\x12\n\nmedia_type\x18\x03 \x01(\tB\x08\n\x06source\"\\\n\rEncodeRequest\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.vlm.v1.ImageInput\x12\x14\n\x0c\x66orce_inline\x18\x02 \x01(\x08\x12\x11\n\tkey_scope\x18\x03 \x01(\t\"@\n\x0c\x45ncodedImage\x12\x1d\n\x03ref\x18\x01 \x01(\x0b\x32\x10.vlm.v1.ImageRef\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\"6\n\x0e\x45ncodeResponse\x12$\n\x06images\x18\x01 \x03(\x0b\x32\x14.vlm.v1.EncodedImage\"\x16\n\x14GetVisionInfoRequest\"8\n\x15GetVisionInfoResponse\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.vlm.v1.ModelInfo2\x96\x01\n\rVisionService\x12\x37\n\x06\x45ncode\x12\x15.vlm.v1.EncodeRequest\x1a\x16.vlm.v1.EncodeResponse\x12L\n\rGetVisionInfo\x12\x1c.vlm.v1.GetVisionInfoRequest\x1a\x1d.vlm.v1.GetVisionInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEINPUT']._serialized_start=52
   _globals['_IMAGEINPUT']._serialized_end=130
   _globals['_ENCODEREQUEST']._serialized_start=132
-  _globals['_ENCODEREQUEST']._serialized_end=205
-  _globals['_ENCODEDIMAGE']._serialized_start=207
-  _globals['_ENCODEDIMAGE']._serialized_end=271
-  _globals['_ENCODERESPONSE']._serialized_start=273
-  _globals['_ENCODERESPONSE']._serialized_end=327
-  _globals['_GETVISIONINFOREQUEST']._serialized_start=329
-  _globals['_GETVISIONINFOREQUEST']._serialized_end=351
-  _globals['_GETVISIONINFORESPONSE']._serialized_start=353
-  _globals['_GETVISIONINFORESPONSE']._serialized_end=409
-  _globals['_VISIONSERVICE']._serialized_start=412
-  _globals['_VISIONSERVICE']._serialized_end=562
+  _globals['_ENCODEREQUEST']._serialized_end=224
+  _globals['_ENCODEDIMAGE']._serialized_start=226
+  _globals['_ENCODEDIMAGE']._serialized_end=290
+  _globals['_ENCODERESPONSE']._serialized_start=292
+  _globals['_ENCODERESPONSE']._serialized_end=346
+  _globals['_GETVISIONINFOREQUEST']._serialized_start=348
+  _globals['_GETVISIONINFOREQUEST']._serialized_end=370
+  _globals['_GETVISIONINFORESPONSE']._serialized_start=372
+  _globals['_GETVISIONINFORESPONSE']._serialized_end=428
+  _globals['_VISIONSERVICE']._serialized_start=431
+  _globals['_VISIONSERVICE']._serialized_end=581
 # @@protoc_insertion_point(module_scope)

@@ -18,12 +18,14 @@ class ImageInput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., image_id: _Optional[str] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("images", "force_inline")
+    __slots__ = ("images", "force_inline", "key_scope")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     FORCE_INLINE_FIELD_NUMBER: _ClassVar[int]
+    KEY_SCOPE_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[ImageInput]
     force_inline: bool
-    def __init__(self, images: _Optional[_Iterable[_Union[ImageInput, _Mapping]]] = ..., force_inline: _Optional[bool] = ...) -> None: ...
+    key_scope: str
+    def __init__(self, images: _Optional[_Iterable[_Union[ImageInput, _Mapping]]] = ..., force_inline: _Optional[bool] = ..., key_scope: _Optional[str] = ...) -> None: ...
 
 class EncodedImage(_message.Message):
     __slots__ = ("ref", "cache_hit")

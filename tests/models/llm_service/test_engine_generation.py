@@ -18,15 +18,9 @@ from tandem.testing.engine import (
     byte_level_tokenizer,
     collect,
     text_request,
-    tiny_llama,
 )
 
 EOS = 2
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    return tiny_llama(vocab_size=300)
 
 
 @pytest.fixture(scope="module")

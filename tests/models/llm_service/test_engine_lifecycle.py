@@ -17,7 +17,6 @@ from tandem.testing.engine import (
     byte_level_tokenizer,
     collect,
     text_request,
-    tiny_llama,
 )
 
 STEP_SECONDS = 0.02
@@ -38,11 +37,6 @@ class _SlowCounted(CausalLMAdapter):
         self.batch_sizes.append(inputs_embeds.shape[0])
         time.sleep(STEP_SECONDS)
         return super().forward(inputs_embeds, position_ids, attention_mask, past_key_values)
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    return tiny_llama(vocab_size=300)
 
 
 def _make(hf_model: Any, **config: int) -> tuple[Engine, _SlowCounted]:
@@ -106,14 +100,14 @@ async def test_closing_the_stream_frees_the_slot_within_one_step(hf_model: Any) 
 async def test_cancelling_the_consumer_task_stops_generation(slow: tuple[Engine, _SlowCounted]) -> None:
     engine, _ = slow
     task = asyncio.create_task(collect(engine, _request(engine, 400)))
-    await _until(lambda: engine.metrics.get("engine_tokens_generated") >= 3)
+    await _until(lambda: engine.metrics.get("generation_tokens") >= 3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await _until(lambda: engine.running == 0)
-    tokens = engine.metrics.get("engine_tokens_generated")
+    tokens = engine.metrics.get("generation_tokens")
     await asyncio.sleep(3 * STEP_SECONDS)
-    assert engine.metrics.get("engine_tokens_generated") == tokens < 50
+    assert engine.metrics.get("generation_tokens") == tokens < 50
 
 
 async def test_a_request_cancelled_while_queued_is_never_prefilled(slow: tuple[Engine, _SlowCounted]) -> None:

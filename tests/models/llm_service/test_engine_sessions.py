@@ -15,15 +15,9 @@ from tandem.testing.engine import (
     byte_level_tokenizer,
     collect,
     text_request,
-    tiny_llama,
 )
 
 EOS = 2
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    return tiny_llama(vocab_size=300)
 
 
 def _engine(hf_model: Any, entries: int = 8) -> Engine:
@@ -64,7 +58,7 @@ async def test_second_turn_reuses_the_first_and_matches_a_stateless_run(
     with torch.inference_mode():
         hf = hf_model.generate(torch.tensor([second_prompt]), do_sample=False, max_new_tokens=12)
     assert reused.token_ids == hf[0, len(second_prompt) :].tolist()
-    assert engine.metrics.get("engine_cached_tokens") == 27
+    assert engine.metrics.get("cached_prompt_tokens") == 27
 
 
 async def test_a_diverging_turn_reuses_only_the_shared_prefix(engine: Engine) -> None:

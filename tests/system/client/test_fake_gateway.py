@@ -8,8 +8,6 @@ without the model services.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +32,7 @@ from tandem.client import (
     pipeline,
 )
 from tandem.client.loop_thread import LoopThread
+from tests.support.tls import needs_openssl, self_signed
 
 _CODES = {"overload": grpc.StatusCode.RESOURCE_EXHAUSTED, "bad": grpc.StatusCode.INVALID_ARGUMENT}
 
@@ -278,14 +277,9 @@ def test_auth_failure_is_unauthenticated() -> None:
         loop.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@needs_openssl
 def test_tls_with_a_private_root(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    key, cert = self_signed(tmp_path)
     loop = LoopThread("tls-gateway")
 
     async def start() -> tuple[aio.Server, int]:

@@ -250,10 +250,11 @@ async def test_images_to_a_text_only_model_are_invalid(stacks) -> None:
 async def test_placeholder_in_text_is_not_an_image_slot(stacks, kind: str, placeholder: str) -> None:
     stack = await stacks(kind)
     metrics = stack.app.metrics
-    reads = metrics.get("cache_hits") + metrics.get("cache_misses")
+    reads = metrics.get("vision_cache_hits") + metrics.get("vision_cache_misses")
     answer = await generate(stack, request([("user", [f"What is {placeholder} here? {placeholder}"])]))
     assert len(answer.tokens) == N and answer.final.usage.image_tokens == 0
-    assert metrics.get("cache_hits") + metrics.get("cache_misses") == reads  # no embedding was read
+    # no embedding was read
+    assert metrics.get("vision_cache_hits") + metrics.get("vision_cache_misses") == reads
     (ref,) = await stack.encode(png(9))
     answer = await generate(stack, request([("user", [ref, f"And {placeholder} this?"])]))
     assert answer.final.usage.image_tokens == ref.num_tokens

@@ -63,12 +63,12 @@ async def test_put_then_get_returns_the_same_tensor(cache: EmbeddingCache) -> No
     assert torch.equal(got.features, stored.features)
     assert got.header.fingerprint == FINGERPRINT
     assert await raw_keys(cache) == [cache.key(stored.header.image_id)]
-    assert cache.metrics.get("cache_hits") == 1
+    assert cache.metrics.get("vision_cache_hits") == 1
 
 
 async def test_unknown_image_is_a_miss(cache: EmbeddingCache) -> None:
     assert await cache.get(image_id_of(b"never stored")) is None
-    assert cache.metrics.get("cache_misses") == 1
+    assert cache.metrics.get("vision_cache_misses") == 1
 
 
 async def test_key_has_prefix_fingerprint_and_image_id(cache: EmbeddingCache) -> None:
@@ -105,7 +105,7 @@ async def test_a_missing_chunk_is_a_bad_value(cache: EmbeddingCache) -> None:
     head = cache.key(stored.header.image_id)
     await cache.store.delete(f"{head}:2")
     assert await cache.get(stored.header.image_id) is None
-    assert cache.metrics.get("cache_bad_values") == 1
+    assert cache.metrics.get("vision_cache_bad_values") == 1
     assert head not in await raw_keys(cache)
 
 
@@ -126,7 +126,7 @@ async def test_bad_value_is_a_miss_deleted_and_counted(cache: EmbeddingCache, co
     client = cache.store.client  # type: ignore[attr-defined]
     await client.set(key, corrupt(await client.get(key)))
     assert await cache.get(stored.header.image_id) is None
-    assert cache.metrics.get("cache_bad_values") == 1
+    assert cache.metrics.get("vision_cache_bad_values") == 1
     assert await client.exists(key) == 0
     assert await cache.put(stored)  # recomputed value is stored again
     assert await cache.get(stored.header.image_id) is not None
@@ -136,7 +136,7 @@ async def test_wrong_token_count_is_a_bad_value(cache: EmbeddingCache) -> None:
     stored = embedding(b"img-tokens", tokens=16)
     await cache.put(stored)
     assert await cache.get(stored.header.image_id, num_tokens=17) is None
-    assert cache.metrics.get("cache_bad_values") == 1
+    assert cache.metrics.get("vision_cache_bad_values") == 1
 
 
 async def test_image_bytes_are_keyed_by_sha256_and_rehashed_on_read(cache: EmbeddingCache) -> None:
@@ -146,10 +146,10 @@ async def test_image_bytes_are_keyed_by_sha256_and_rehashed_on_read(cache: Embed
     assert await cache.get_image_bytes(image_id) == data
     client = cache.store.client  # type: ignore[attr-defined]
     ttl = await client.ttl(cache.image_key(image_id))
-    assert cache.settings.embedding_ttl_seconds < ttl <= cache.settings.image_ttl_seconds
+    assert 0 < ttl <= cache.settings.image_ttl_seconds == 900  # stateless images expire soon
     await client.set(cache.image_key(image_id), b"tampered bytes")
     assert await cache.get_image_bytes(image_id) is None
-    assert cache.metrics.get("cache_bad_values") == 1
+    assert cache.metrics.get("vision_cache_bad_values") == 1
     assert await client.exists(cache.image_key(image_id)) == 0
     assert await cache.get_image_bytes(image_id_of(b"unknown")) is None
 

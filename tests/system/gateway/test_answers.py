@@ -69,9 +69,9 @@ async def test_session_turns_survive_eviction_and_restart(
     assert await flush_embeddings(redis_server.url, stack.prefix) > 0
     third = await turn([{"image_id": image_id}, "Look again."], [image, "Look again."], "t3")
     assert list(third.first.image_ids) == [image_id]
-    retried = await reply(
-        stack.stub.Chat(gateway_pb2.ChatRequest(session_id=sid, parts=[part("x")], request_id="t3"))
-    )
+    parts = [part({"image_id": image_id}), part("Look again.")]  # a retry repeats the turn
+    retry = gateway_pb2.ChatRequest(session_id=sid, parts=parts, sampling=greedy(), request_id="t3")
+    retried = await reply(stack.stub.Chat(retry))
     assert retried.first.replayed and retried.tokens == third.tokens
     session = (await stack.stub.GetSession(gateway_pb2.GetSessionRequest(session_id=sid))).session
     assert len(session.messages) == 6

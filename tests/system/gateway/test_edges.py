@@ -22,6 +22,7 @@ from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tandem.redis_local import LocalRedis
 from tests.support.gateway_stack import Stack, engine_idle, greedy, messages, part, png, reply
+from tests.support.streams import cancel_after
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -36,13 +37,7 @@ async def test_deadline_and_cancel_reach_the_language_engine(stacks: dict[str, S
         await reply(stack.stub.Generate(request, timeout=0.3))
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - started < 3
     assert await engine_idle(stack.llm)
-    call = stack.stub.Generate(request)
-    seen = 0
-    async for _ in call:
-        seen += 1
-        if seen == 3:
-            call.cancel()
-            break
+    await cancel_after(stack.stub.Generate(request), 3)
     assert await engine_idle(stack.llm)
 
 

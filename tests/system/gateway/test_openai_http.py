@@ -163,7 +163,7 @@ def test_raw_http_errors(client_stack: Stack) -> None:
     status, body = _http("GET", f"{client_stack.open.http}/healthz")
     assert (status, body) == (200, {"status": "ok"})
     status, text = _http("GET", f"{client_stack.open.http}/metrics")
-    assert status == 200 and "tandem_http_chat_completions" in text
+    assert status == 200 and "tandem_http_requests_total" in text
 
 
 def test_server_side_session(client: openai.OpenAI, pipe: Pipeline, client_stack: Stack) -> None:

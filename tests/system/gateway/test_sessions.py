@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.messages import ImageRef, Message, Usage
+from gateway.session_images import session_image_key
 from gateway.session_memory import MemorySessionStore
 from gateway.session_redis import RedisSessionStore
 from gateway.sessions import BUSY_MESSAGE, CommittedTurn, Sessions, SessionSettings, SessionStore
@@ -186,7 +187,7 @@ async def test_ttl_expiry_and_refresh_on_commit(redis_server: LocalRedis) -> Non
         sessions = sessions_on(store, default_ttl_seconds=2)
         short = (await sessions.create("", 1)).session_id
         kept = (await sessions.create("", 1)).session_id
-        await store.client.set(f"{store.prefix}:img:{IMAGE_ID}", b"png", ex=1)
+        await store.client.set(session_image_key(store.prefix, IMAGE_ID), b"png", ex=1)
         await asyncio.sleep(0.6)
         async with sessions.turn(kept) as turn:
             await turn.commit(user("hi", IMAGE_ID), answer("hello"))
@@ -195,7 +196,7 @@ async def test_ttl_expiry_and_refresh_on_commit(redis_server: LocalRedis) -> Non
         with pytest.raises(NotFound):
             await sessions.get(short)
         assert len((await sessions.get(kept)).messages) == 2
-        assert await store.client.exists(f"{store.prefix}:img:{IMAGE_ID}")  # extended with the session
+        assert await store.client.exists(session_image_key(store.prefix, IMAGE_ID))  # extended with it
         page, _ = await sessions.list_page(10)
         assert [s.session_id for s in page] == [kept]
     finally:

@@ -27,6 +27,8 @@ from llm_service.server import LanguageApp
 from tandem.embeddings import record
 from tandem.embeddings.cache import image_id_of
 from tandem.errors import DeadlineExceeded
+from tests.support.gateway_stack import engine_idle
+from tests.support.streams import cancel_after
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -134,9 +136,9 @@ async def test_corrupt_cached_value_is_deleted_and_not_found(llava: Served) -> N
     image_id = image_id_of(b"corrupt")
     await cache.store.put_many([(cache.key(image_id), b"\x80\x04pickle-ish garbage")], 60)
     ref = common_pb2.ImageRef(image_id=image_id, num_tokens=16)
-    bad_before = llava.app.metrics.get("cache_bad_values")
+    bad_before = llava.app.metrics.get("vision_cache_bad_values")
     assert await status_of(llava.stub, image_request(ref)) == grpc.StatusCode.NOT_FOUND
-    assert llava.app.metrics.get("cache_bad_values") == bad_before + 1
+    assert llava.app.metrics.get("vision_cache_bad_values") == bad_before + 1
     assert await cache.store.get_many([cache.key(image_id)]) == [None]
 
 
@@ -162,28 +164,12 @@ async def test_default_max_new_tokens_is_clamped_to_the_context(small_context: S
     )
 
 
-async def _engine_idle(app: LanguageApp, within: float = 2.0) -> bool:
-    engine = app.current().engine
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if engine.running == 0 and engine.waiting == 0:
-            return True
-        await asyncio.sleep(0.01)
-    return False
-
-
 async def test_deadline_and_cancel_free_the_engine(llava: Served) -> None:
     long = text_request(max_new_tokens=1000)
     assert await status_of(llava.stub, long, timeout=0.3) == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await _engine_idle(llava.app)
-    call = llava.stub.GenerateTokens(long)
-    seen = 0
-    async for _ in call:
-        seen += 1
-        if seen == 3:
-            call.cancel()
-            break
-    assert await _engine_idle(llava.app)
+    assert await engine_idle(llava.app)
+    await cancel_after(llava.stub.GenerateTokens(long), 3)
+    assert await engine_idle(llava.app)
     worker = llava.app.current()
     generation = GenerationRequest(
         "deadline",
@@ -193,7 +179,7 @@ async def test_deadline_and_cancel_free_the_engine(llava: Served) -> None:
     with pytest.raises(DeadlineExceeded):
         async for _ in worker.generate(generation, timeout=0.2):
             pass
-    assert await _engine_idle(llava.app)
+    assert await engine_idle(llava.app)
 
 
 async def test_unavailable_until_loaded(checkpoint) -> None:  # type: ignore[no-untyped-def]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tandem.serving.bootstrap import GrpcServer, channel_options, run_until_sign
 from tandem.serving.config import ServerConfig
 from tandem.serving.interceptor import status_for
 from tandem.serving.readiness import Readiness
+from tests.support.tls import needs_openssl, self_signed
 
 SECRET = "db-7.internal.example:6379 at 0x7f3a2b1c <object Foo at 0xdeadbeef>"
 
@@ -312,14 +311,9 @@ async def test_run_until_signal_serves_then_drains_on_sigterm() -> None:
         await server.drain()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@needs_openssl
 async def test_tls_listener(started: Started, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    key, cert = self_signed(tmp_path)
     server, plain = await started(tls_cert=str(cert), tls_key=str(key))
     with pytest.raises(aio.AioRpcError):  # plaintext is refused on a TLS listener
         await _status(plain)

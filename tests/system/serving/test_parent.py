@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,3 +68,36 @@ def test_child_gets_sigterm_when_its_launcher_dies(tmp_path) -> None:  # type: i
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def test_redis_server_stops_when_its_owner_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``LocalRedis(follow_parent=True)`` (``tandem up``'s Redis): kill -9 of the owner stops it."""
+    import psutil
+
+    marker = tmp_path / "redis.pid"
+    owner_code = textwrap.dedent(
+        f"""
+        import time
+        from tandem.redis_local import LocalRedis
+        redis = LocalRedis(follow_parent=True).start()
+        open({str(marker)!r}, "w").write(str(redis.process.pid))
+        time.sleep(60)
+        """
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code])
+    server = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server = psutil.Process(int(marker.read_text()))
+        assert "redis-server" in server.name()  # the wrapper exec'd it: same pid
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        server.wait(timeout=10)  # raises TimeoutExpired if redis-server outlives its owner
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        if server is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server.kill()

@@ -47,7 +47,7 @@ async def encode(vision: RunningVision, data: bytes, force_inline: bool = False)
 
 
 def encoded(vision: RunningVision) -> float:
-    return vision.service.metrics.get("encoded_images")
+    return vision.service.metrics.get("vision_images_encoded")
 
 
 def corrupt_values(good: bytes) -> dict[str, bytes]:
@@ -95,7 +95,7 @@ async def test_corrupt_values_are_misses_deleted_recomputed_and_counted(checkpoi
                 result = await encode(vision, data, force_inline=True)
                 assert not result.cache_hit, name
                 assert result.ref.inline_record == good, name
-                assert vision.service.metrics.get("cache_bad_values") == n, name
+                assert vision.service.metrics.get("vision_cache_bad_values") == n, name
                 assert encoded(vision) == n + 1, name
                 assert await client.get(key) == good, name  # replaced by the recomputed value
         finally:
@@ -230,7 +230,10 @@ async def test_a_header_read_checks_lengths_and_chunks_without_the_tensor(redis_
             found = await cache.get_header(embedding.header.image_id)
             assert found is not None and found.num_tokens == embedding.header.num_tokens
         assert (await store.get_many([cache.key(embeddings[1].header.image_id)]))[0] is not None
-        assert cache.metrics.get("cache_hits") == 2 and await cache.get_header(image_id_of(b"new")) is None
+        assert (
+            cache.metrics.get("vision_cache_hits") == 2
+            and await cache.get_header(image_id_of(b"new")) is None
+        )
         small, chunked = (cache.key(e.header.image_id) for e in embeddings)
         (value,) = await store.get_many([small])
         assert value is not None
@@ -238,8 +241,8 @@ async def test_a_header_read_checks_lengths_and_chunks_without_the_tensor(redis_
         await store.put_many([(f"{chunked}:2", b"short")], 60)  # a chunk of the wrong length
         for embedding in embeddings:
             assert await cache.get_header(embedding.header.image_id) is None
-        assert cache.metrics.get("cache_bad_values") == 2
+        assert cache.metrics.get("vision_cache_bad_values") == 2
         assert await store.get_many([small, chunked]) == [None, None]  # deleted
-        assert cache.metrics.get("cache_misses") == 1
+        assert cache.metrics.get("vision_cache_misses") == 1
     finally:
         await store.close()

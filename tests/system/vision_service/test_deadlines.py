@@ -143,8 +143,8 @@ async def test_deadlines_and_cancellation_drop_unwanted_work(gated, redis_server
     assert not leaders()  # no leaked work
     await asyncio.sleep(0.2)  # time for any late write to land
     metrics = service.metrics
-    assert metrics.get("encoded_images") == 2  # x (already running) and the shared image
-    assert metrics.get("encoder_dropped_images") == 3  # a, b and the domain call's image: never run
+    assert metrics.get("vision_images_encoded") == 2  # x (already running) and the shared image
+    assert metrics.get("vision_images_dropped") == 3  # a, b and the domain call's image: never run
     cache = service.cache
     assert cache is not None
     wanted = {cache.key(image_id_of(png(4))), cache.image_key(image_id_of(png(4)))}
@@ -169,6 +169,6 @@ async def test_admission_refuses_the_excess_and_serves_the_rest(gated) -> None:
     await eventually(lambda: service.flights.waiters(image_id_of(png(12))) == 2)
     gate.open()
     assert len((await admitted).images) == 2 and not (await joined).images[0].cache_hit
-    assert service.pending_images == 0 and service.metrics.get("images_refused") == 1
+    assert service.pending_images == 0 and service.metrics.get("vision_images_refused") == 1
     again = await encode_call(stub, png(13), timeout=5)
-    assert not again.images[0].cache_hit and service.metrics.get("encoded_images") == 4
+    assert not again.images[0].cache_hit and service.metrics.get("vision_images_encoded") == 4

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from tandem.embeddings.cache import decode_inline, image_id_of
 from tandem.models.fingerprint import VISION_WEIGHT_PREFIXES, fingerprint
 from tandem.serving.bootstrap import channel_options
 from tandem.testing.checkpoints import make_test_image
+from tests.support.png_bomb import png_claiming
 from vision_service.__main__ import main
 from vision_service.adapters import UnsupportedModel, load_adapter
 from vision_service.app import VisionApp
@@ -66,21 +65,6 @@ def request(
     return vision_pb2.EncodeRequest(images=inputs, force_inline=force_inline)
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(bytes(64)))
-        + chunk(b"IEND", b"")
-    )
-
-
 def hf_features(path: Path, kind: str, images: list[Image.Image]) -> tuple[list[torch.Tensor], Any]:
     """The reference: HF full model's get_image_features with the checkpoint's own processor."""
     model = FULL_MODELS[kind].from_pretrained(path).eval()
@@ -104,7 +88,8 @@ async def test_embeddings_equal_hf_and_hits_skip_the_encoder(checkpoint, redis_s
             data = [png(i) for i in images]
             first = await stub.Encode(request(*data, force_inline=True))
             metrics = vision.service.metrics
-            assert metrics.get("encoded_images") == 3 and metrics.get("encoder_forwards") == 1  # one batch
+            assert metrics.get("vision_images_encoded") == 3
+            assert metrics.get("vision_encoder_batches") == 1  # one batch
             for n, (result, want) in enumerate(zip(first.images, expected, strict=True)):
                 ref = result.ref
                 assert not result.cache_hit and ref.image_id == image_id_of(data[n])
@@ -117,7 +102,7 @@ async def test_embeddings_equal_hf_and_hits_skip_the_encoder(checkpoint, redis_s
             again = await stub.Encode(request(*data))
             assert all(r.cache_hit and not r.ref.inline_record for r in again.images)
             assert [r.ref.num_tokens for r in again.images] == [r.ref.num_tokens for r in first.images]
-            assert metrics.get("encoded_images") == 3  # no encoder ran for the hits
+            assert metrics.get("vision_images_encoded") == 3  # no encoder ran for the hits
 
 
 async def test_image_id_references_and_eviction(checkpoint, redis_server) -> None:
@@ -132,7 +117,7 @@ async def test_image_id_references_and_eviction(checkpoint, redis_server) -> Non
             await vision.service.cache.store.delete(vision.service.cache.key(image_id))  # evicted
             again = (await stub.Encode(request(image_id, force_inline=True))).images[0]
             assert not again.cache_hit and again.ref.inline_record == first.ref.inline_record
-            assert vision.service.metrics.get("encoded_images") == 2
+            assert vision.service.metrics.get("vision_images_encoded") == 2
 
             unknown = "ab" * 32
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -248,7 +233,7 @@ async def test_models_and_processor_settings_never_share_a_key(
             channel, stub = stub_for(vision.address)
             async with channel:
                 result = (await stub.Encode(request(data, force_inline=True))).images[0]
-            assert not result.cache_hit and vision.service.metrics.get("encoded_images") == 1
+            assert not result.cache_hit and vision.service.metrics.get("vision_images_encoded") == 1
             features.append(
                 decode_inline(result.ref.inline_record, vision.service.cache.expected(result.ref.image_id))
             )

@@ -223,6 +223,7 @@ def test_network_policies_let_only_the_services_through() -> None:
         ("gateway", "vision", 50053),
         ("gateway", "llm", 50052),
         ("gateway", "redis-state", 6379),
+        ("gateway", "redis-cache", 6379),
         ("vision", "redis-cache", 6379),
         ("llm", "redis-cache", 6379),
     }

@@ -17,6 +17,7 @@ from packaging.requirements import Requirement
 
 from tandem.cli.up import CONFIGS, config_class
 from tandem.serving.options import parse_config
+from tandem.serving.readiness import LIVENESS
 from tests.support.k8s_manifests import DEPLOY, OVERLAYS, ROOT, Manifests, only_container, render
 
 SERVICES = ("vision", "llm", "gateway")
@@ -56,6 +57,8 @@ def test_args_env_ports_and_probes_are_the_services_own(overlay: str, service: s
     assert ports["grpc"] == config.port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == config.port, probe
+    if service == "gateway":  # NOT_SERVING while a dependency is down must not restart it
+        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
     if service == "gateway":
         assert ports["http"] == config.http_port
     else:
@@ -144,11 +147,11 @@ def _flag(args: list[str], name: str) -> str:
 def test_sessions_use_the_persistent_redis_and_embeddings_the_bounded_one(overlay: str) -> None:
     manifests = render(overlay)
     _, gateway = _parsed(manifests, "gateway")
-    state = _redis_args(manifests, gateway.redis_url)
+    state = _redis_args(manifests, gateway.state_url)
     assert _flag(state, "--maxmemory-policy") == "noeviction"
     assert _flag(state, "--appendonly") == "yes"
-    cache_urls = {_parsed(manifests, worker)[1].redis_url for worker in WORKERS}
-    assert len(cache_urls) == 1, "vision writes the embeddings the language workers read"
+    cache_urls = {_parsed(manifests, worker)[1].redis_url for worker in WORKERS} | {gateway.redis_url}
+    assert len(cache_urls) == 1, "vision writes the embeddings and images the others read"
     cache = _redis_args(manifests, cache_urls.pop())
     assert _flag(cache, "--maxmemory-policy") == "allkeys-lru"
     assert _flag(cache, "--appendonly") == "no" and _flag(cache, "--save") == ""
@@ -157,27 +160,39 @@ def test_sessions_use_the_persistent_redis_and_embeddings_the_bounded_one(overla
     assert len(prefixes) == 1
 
 
+def _unhashed(name: str) -> str:
+    """A generated Secret's name without the content hash kustomize appends (demo overlay)."""
+    return re.sub(r"-[a-z0-9]{10}$", "", name)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_tokens_come_from_the_secret(overlay: str) -> None:
-    """Clients need the API token; the gateway sends the internal token the workers require."""
+def test_keys_and_internal_token_come_from_secrets(overlay: str) -> None:
+    """Tenants' keys are a mounted Secret; the internal token opens the workers and nothing else."""
     manifests = render(overlay)
+    gateway_pod = manifests.find("Deployment", "tandem-gateway")["spec"]["template"]["spec"]
     gateway = only_container(manifests.find("Deployment", "tandem-gateway"))
-    refs = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
-        for e in gateway["env"]
-        if "secretKeyRef" in e.get("valueFrom", {})
-    }
-    assert refs["TANDEM_AUTH_TOKEN"]["key"] == "api-token"
-    assert refs["TANDEM_DOWNSTREAM_AUTH_TOKEN"]["key"] == "internal-token"
-    _, config = _parsed(manifests, "gateway")
-    for worker in WORKERS:
-        _, worker_config = _parsed(manifests, worker)
-        assert worker_config.auth_token == config.downstream_auth_token
-        assert worker_config.auth_token != config.auth_token
-    secrets = manifests.kinds("Secret")
+    env = {e["name"]: e for e in gateway["env"]}
+    keys_dir = env["TANDEM_API_KEYS_FILE"]["value"]
+    mount = next(m for m in gateway["volumeMounts"] if m["mountPath"] == keys_dir)
+    volume = next(v for v in gateway_pod["volumes"] if v["name"] == mount["name"])
+    assert _unhashed(volume["secret"]["secretName"]) == "tandem-api-keys" and mount["readOnly"]
+    assert "TANDEM_AUTH_TOKEN" not in env and "TANDEM_DOWNSTREAM_AUTH_TOKEN" not in env
+    for container in [gateway] + [
+        only_container(manifests.find("Deployment", f"tandem-{w}")) for w in WORKERS
+    ]:
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        internal = refs["TANDEM_INTERNAL_TOKEN"]
+        assert (_unhashed(internal["name"]), internal["key"]) == ("tandem-internal", "token")
+        assert "TANDEM_AUTH_TOKEN" not in refs
+    secrets = {_unhashed(s["metadata"]["name"]): s for s in manifests.kinds("Secret")}
     if overlay == "demo":
-        (secret,) = secrets
-        assert set(secret["data"]) == {"api-token", "internal-token"}
+        assert set(secrets) == {"tandem-api-keys", "tandem-internal"}
+        assert set(secrets["tandem-api-keys"]["data"]) == {"demo"}
+        assert set(secrets["tandem-internal"]["data"]) == {"token"}
     else:
         assert not secrets, "production secrets are created out of band, never committed"
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from gateway.openai_http import HttpOptions, OpenAIHttpServer
 from gateway.openai_request import InvalidRequest, parse_chat_completion
 from gateway.service import Gateway
 from tandem.errors import InvalidInput, NotFound, Overloaded, Unavailable
+from tests.support.tls import needs_openssl, self_signed
 
 MODEL = "/models/tiny-llava"
 
@@ -39,7 +38,12 @@ class FakeGateway:
         return ModelInfo(MODEL, "LlavaForConditionalGeneration", True, "f" * 32, 1024)
 
     async def generate(
-        self, messages: Sequence[Message], sampling: Sampling, request_id: str, deadline: Deadline
+        self,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        request_id: str,
+        deadline: Deadline,
+        tenant: str = "",
     ) -> AsyncGenerator[Chunk, None]:
         self.calls.append((tuple(messages), sampling))
         text = messages[-1].parts[-1]
@@ -58,7 +62,13 @@ class FakeGateway:
         yield Chunk("c", (3,), "length", Usage(prompt_tokens=7, image_tokens=0, completion_tokens=3))
 
     async def chat(
-        self, session_id: str, parts: Sequence[Part], sampling: Sampling, request_id: str, deadline: Deadline
+        self,
+        session_id: str,
+        parts: Sequence[Part],
+        sampling: Sampling,
+        request_id: str,
+        deadline: Deadline,
+        tenant: str = "",
     ) -> AsyncGenerator[Chunk, None]:
         if session_id != "s" * 32:
             raise NotFound("unknown session id (it may have expired or been deleted); create a new session")
@@ -245,14 +255,9 @@ def test_fake_matches_the_gateway_interface() -> None:
         assert callable(getattr(Gateway, name)) and callable(getattr(FakeGateway, name))
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@needs_openssl
 async def test_tls_listener(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    key, cert = self_signed(tmp_path)
     options = HttpOptions(port=0, tls_cert=str(cert), tls_key=str(key))
     server = OpenAIHttpServer(FakeGateway(), options)  # type: ignore[arg-type]
     port = await server.start()

@@ -142,8 +142,8 @@ def test_unpatched_files_decode(loads: list[str]) -> None:
 _MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    sys.path[:0] = [".", "tests"]
-    from test_vision_bombs import BOMBS
+    sys.path[:0] = [".", "protos"]
+    from tests.unit.vision_service.test_bombs import BOMBS
     from tandem.errors import InvalidInput
     from vision_service import media
     from vision_service.config import VisionConfig
@@ -170,7 +170,7 @@ def test_refusing_bombs_keeps_peak_memory_flat() -> None:
     """With the service's default limits, refusing every bomb grows peak RSS by < 100 MB.
 
     Run in a fresh interpreter so that the high-water mark is not one left by other tests; an
-    8000x6000 claim (over the 40 M default, under Pillow's guard) would need 144 MB as RGB.
+    8000x6000 claim (over the 16.8 M default, under Pillow's guard) would need 144 MB as RGB.
     """
     done = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE],

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import re
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
 from tandem.errors import InvalidInput
+from tests.support.png_bomb import png_claiming
 from vision_service import media
 
 LIMITS = media.MediaLimits(max_bytes=1 << 20, max_pixels=1_000_000, max_aspect_ratio=100.0)
@@ -24,21 +23,6 @@ def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
 
 def load(data: bytes, limits: media.MediaLimits = LIMITS, media_type: str = "") -> Image.Image:
     return media.decode(data, media.sniff(data, media_type, limits), limits)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_formats_on_the_allow_list_decode_to_rgb() -> None:
