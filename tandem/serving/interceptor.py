@@ -23,6 +23,7 @@ import grpc
 from grpc import aio
 
 from tandem.errors import GENERIC_INTERNAL_MESSAGE, TandemError
+from tandem.serving.handlers import rewrap
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +125,9 @@ class ErrorInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap(
+            handler,
+            unary=lambda behavior, _kind: _wrap_unary(behavior, method),
+            stream=lambda behavior, _kind: _wrap_stream(behavior, method),
+            request_deserializer=_tolerant(handler.request_deserializer),
+        )

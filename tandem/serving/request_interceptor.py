@@ -30,6 +30,7 @@ from grpc import aio
 
 from tandem.metrics import Metrics
 from tandem.serving.access_log import is_quiet, log_access
+from tandem.serving.handlers import rewrap
 from tandem.serving.request_context import REQUEST_ID_KEY, RequestContext, bind, request_id_from, unbind
 from tandem.serving.tracing import Tracing, end, fail
 
@@ -78,23 +79,11 @@ class RequestInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         details = handler_call_details
-        codecs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            wrapped = self._unary(handler.unary_unary, details, "unary")
-            return grpc.unary_unary_rpc_method_handler(wrapped, **codecs)
-        if handler.unary_stream is not None:
-            wrapped = self._stream(handler.unary_stream, details, "server_stream")
-            return grpc.unary_stream_rpc_method_handler(wrapped, **codecs)
-        if handler.stream_unary is not None:
-            wrapped = self._unary(handler.stream_unary, details, "client_stream")
-            return grpc.stream_unary_rpc_method_handler(wrapped, **codecs)
-        if handler.stream_stream is not None:
-            wrapped = self._stream(handler.stream_stream, details, "bidi_stream")
-            return grpc.stream_stream_rpc_method_handler(wrapped, **codecs)
-        return handler
+        return rewrap(
+            handler,
+            unary=lambda behavior, kind: self._unary(behavior, details, kind),
+            stream=lambda behavior, kind: self._stream(behavior, details, kind),
+        )
 
     def _begin(self, details: grpc.HandlerCallDetails, grpc_type: str) -> _Call:
         method = details.method
