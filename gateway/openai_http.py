@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -40,10 +41,10 @@ from gateway.deadline import Deadline
 from gateway.inflight import InflightBytes
 from gateway.messages import Chunk, Usage
 from gateway.openai_request import ChatCompletionRequest, parse_chat_completion, parse_json
-from gateway.openai_response import Completion, error_body, error_for, sse
+from gateway.openai_response import Completion, ModelNotFound, error_body, error_for, sse
 from gateway.openai_sessions import SessionRoutes
 from gateway.service import Gateway
-from tandem.errors import NotFound, Unauthenticated
+from tandem.errors import Unauthenticated
 from tandem.metrics import Metrics
 from tandem.serving.api_keys import ApiKeys
 from tandem.serving.auth import current_tenant, serving_tenant
@@ -256,10 +257,13 @@ class OpenAIHttpServer:
         return await render(self.metrics, request)
 
     async def _parse(self, request: web.Request) -> ChatCompletionRequest:
+        """The validated body; a request naming no model gets the served one."""
         body = await parse_json(await request.read())
         parsed = parse_chat_completion(body, request.headers.get(SESSION_HEADER))
+        if not parsed.model:
+            return dataclasses.replace(parsed, model=self.gateway.model_info().model)
         if parsed.model not in self._model_ids():
-            raise NotFound(f"unknown model {parsed.model[:200]!r}; GET /v1/models lists the served one")
+            raise ModelNotFound(f"the model {parsed.model[:200]!r} does not exist; GET /v1/models lists it")
         return parsed
 
     def _generation(self, parsed: ChatCompletionRequest, request_id: str) -> AsyncGenerator[Chunk, None]:

@@ -1,18 +1,17 @@
 """The body of ``POST /v1/chat/completions`` -> the gateway's domain values, validated.
 
-Accepted (OpenAI Chat Completions): ``model``, ``messages`` (roles ``system``/``developer``,
-``user``, ``assistant``; content a string or ``text`` / ``image_url`` parts, ``detail``
-ignored), ``max_completion_tokens`` (or the older ``max_tokens``), ``temperature`` (OpenAI's
-default 1.0; 0 is greedy), ``top_p``, ``stop`` (a string or a list), ``seed``, ``n`` (only 1),
-``stream``, ``stream_options.include_usage``. Extensions, as vLLM accepts them: ``top_k``,
-``repetition_penalty``, ``stop_token_ids``, and ``session_id`` (server-side history: only the
-last user message is used, the session supplies the rest). Features the server does not have
-(tools, logprobs, penalties, logit bias, structured output) are refused, never silently
-dropped. Unknown fields are ignored. Text the wire cannot carry is refused here, not when the
-downstream proto is built: a lone UTF-16 surrogate (a JSON ``\\ud800`` escape without its pair)
-in any forwarded string, a ``stop_token_ids`` entry beyond uint32. Every refusal is
-``InvalidRequest`` naming the parameter.
-"""
+Accepted (OpenAI Chat Completions): ``model`` (may be left out: the served model), ``messages``
+(roles ``system``/``developer``, ``user``, ``assistant``; content a string or ``text`` /
+``image_url`` parts, ``detail`` ignored), ``max_completion_tokens`` (or the older
+``max_tokens``), ``temperature`` (OpenAI's default 1.0; 0 is greedy), ``top_p``, ``stop`` (a
+string or a list), ``seed``, ``n`` (only 1), ``stream``, ``stream_options.include_usage``.
+Extensions, as vLLM accepts them: ``top_k``, ``repetition_penalty``, ``stop_token_ids``, and
+``session_id`` (server-side history: only the last user message is used, the session supplies
+the rest). Features the server does not have (tools, logprobs, penalties, logit bias, structured
+output) are refused, never silently dropped. Unknown fields are ignored. Text the wire cannot
+carry is refused here, not when the downstream proto is built: a lone UTF-16 surrogate (a JSON
+``\\ud800`` escape without its pair) in any forwarded string, a ``stop_token_ids`` entry beyond
+uint32. Every refusal is ``InvalidRequest`` naming the parameter."""
 
 from __future__ import annotations
 
@@ -50,7 +49,7 @@ class InvalidRequest(InvalidInput):
 
 @dataclass(frozen=True)
 class ChatCompletionRequest:
-    """A validated chat completion request."""
+    """A validated chat completion request (``model`` empty: the request named none)."""
 
     model: str
     messages: tuple[Message, ...]
@@ -220,8 +219,10 @@ def parse_chat_completion(body: Any, session_header: str | None = None) -> ChatC
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required (see GET /v1/models)", "model")
+    if model is None:
+        model = ""
+    elif not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a model id (see GET /v1/models) or left out", "model")
     _text(model, "model")
     _refuse_unsupported(body)
     options = _get(body, "stream_options", dict, {})

@@ -28,8 +28,16 @@ from tandem.errors import (
     Unavailable,
 )
 
-# domain error -> (HTTP status, OpenAI error type, error code)
+
+class ModelNotFound(NotFound):
+    """The request names a model this gateway does not serve (OpenAI's ``model_not_found``)."""
+
+    param = "model"
+
+
+# domain error -> (HTTP status, OpenAI error type, error code); subclasses before their bases
 _ERRORS: list[tuple[type[TandemError], int, str, str]] = [
+    (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (InvalidInput, 400, "invalid_request_error", "invalid_value"),
     (NotFound, 404, "invalid_request_error", "not_found"),
     (Conflict, 409, "invalid_request_error", "conflict"),

@@ -6,9 +6,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from llm_service.adapters import UnsupportedModel, adapter_for
+from llm_service.chat_template import load_chat_template
 from llm_service.config import LlmConfig
 from llm_service.server import LanguageApp
 from tandem.models.checkpoint import resolve
@@ -23,15 +24,18 @@ DESCRIPTION = """Tandem language worker: serves vlm.v1.LanguageService.
 Loads only the language half of a checkpoint (token embeddings, decoder, LM head) with its
 tokenizer and chat template, reads image embeddings written by the vision service from Redis
 (or inline), and streams generations with continuous batching. Health reports SERVING once the
-weights are loaded and warmed up. Text-only checkpoints (LlamaForCausalLM, Qwen2ForCausalLM)
-are served and refuse images. Flags override environment variables."""
+weights are loaded and warmed up. Text-only checkpoints (any *ForCausalLM that
+AutoModelForCausalLM loads and whose forward takes inputs_embeds: Llama, Qwen2/3, Mistral,
+Gemma, Phi-3, ...) are served and refuse images. Flags override environment variables."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(LlmConfig, argv, DESCRIPTION)
     configure_logging(config.log_level, config.log_format)
     try:
-        adapter_for(AutoConfig.from_pretrained(resolve(config.model, config.revision)))
+        path = resolve(config.model, config.revision)
+        adapter_for(AutoConfig.from_pretrained(path))
+        load_chat_template(path, AutoTokenizer.from_pretrained(path), config.chat_template)
     except (UnsupportedModel, OSError, ValueError) as exc:  # ValueError: config.json unusable
         log.error("%s", exc)
         return 2

@@ -26,6 +26,21 @@ class LlmConfig(ServiceConfig):
         default=None,
         metadata=opt("hub revision of the model (part of the cache fingerprint)", env="TANDEM_REVISION"),
     )
+    served_model_name: str = field(
+        default="",
+        metadata=opt(
+            "the model's public id (GET /v1/models, GetModelInfo, the OpenAI model field); default: "
+            "the checkpoint folder's or hub id's last part",
+            env="TANDEM_SERVED_MODEL_NAME",
+        ),
+    )
+    chat_template: str = field(
+        default="",
+        metadata=opt(
+            "a Jinja chat template (file or the template itself) replacing the checkpoint's",
+            env="TANDEM_CHAT_TEMPLATE",
+        ),
+    )
     device: str = field(
         default="auto",
         metadata=opt(

@@ -7,7 +7,6 @@ tensors under the adapter's prefixes, so the vision tower and projector are neve
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,10 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationConfig
 
 from llm_service.adapters import Adapter, adapter_for
+from llm_service.chat_template import load_chat_template
 from llm_service.config import LlmConfig
 from llm_service.model import CausalLM, HFLanguageModel
-from tandem.models.checkpoint import load_subset, resolve
+from tandem.models.checkpoint import iter_tensor_names, load_subset, resolve
 from tandem.models.fingerprint import fingerprint
 from tandem.models.meta import parameters_on_meta
 
@@ -68,6 +68,12 @@ def _ties_embeddings(config: Any, text_config: Any) -> bool:
     )
 
 
+def _has_head_bias(path: Path, prefixes: dict[str, str]) -> bool:
+    """Whether the checkpoint's LM head has a bias (Phi-1/2 do; most decoders do not)."""
+    heads = [source for source, target in prefixes.items() if target == "lm_head."]
+    return any(name in {h + "bias" for h in heads} for _, name in iter_tensor_names(path))
+
+
 def build_language_model(
     path: Path, adapter: Adapter, device: torch.device, dtype: torch.dtype
 ) -> HFLanguageModel:
@@ -76,7 +82,8 @@ def build_language_model(
     tied = _ties_embeddings(adapter.config, text_config)
     with parameters_on_meta():
         decoder = AutoModel.from_config(text_config, dtype=dtype)
-        module = CausalLM(decoder, int(text_config.hidden_size), int(text_config.vocab_size), tied)
+        hidden, vocab = int(text_config.hidden_size), int(text_config.vocab_size)
+        module = CausalLM(decoder, hidden, vocab, tied, _has_head_bias(path, adapter.weight_prefixes))
     prefixes = adapter.weight_prefixes
     if tied:
         prefixes = {k: v for k, v in prefixes.items() if v != "lm_head."}
@@ -88,25 +95,6 @@ def build_language_model(
         raise ValueError(f"checkpoint {path} left {len(left)} parameters unloaded, e.g. {left[:3]}")
     module = module.to(device).eval().requires_grad_(False)
     return HFLanguageModel(module, text_config, adapter.position_dims)
-
-
-def chat_template_of(path: Path, tokenizer: Any) -> str:
-    """The template the checkpoint's processor would use (its files first), else the tokenizer's."""
-    jinja = path / "chat_template.jinja"
-    if jinja.exists():
-        return jinja.read_text()
-    for name in ("chat_template.json", "processor_config.json"):
-        file = path / name
-        if file.exists():
-            template = json.loads(file.read_text()).get("chat_template")
-            if template:
-                return str(template)
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default")
-    if not template:
-        raise ValueError(f"{path} has no chat template (chat_template.jinja or the tokenizer's)")
-    return str(template)
 
 
 def eos_token_ids(path: Path, text_config: Any, tokenizer: Any) -> tuple[int, ...]:
@@ -141,13 +129,14 @@ def load(config: LlmConfig) -> LoadedModel:
         config.model, hf_config.architectures[0], millions, dtype, device, grown,
     )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(path)
+    chat_template = load_chat_template(path, tokenizer, config.chat_template)
     text_config = adapter.text_config
     return LoadedModel(
         path=path,
         model=model,
         adapter=adapter,
         tokenizer=tokenizer,
-        chat_template=chat_template_of(path, tokenizer),
+        chat_template=chat_template,
         eos_token_ids=eos_token_ids(path, text_config, tokenizer),
         max_positions=int(getattr(text_config, "max_position_embeddings", 0) or 0),
         fingerprint=fingerprint(path, config.model, config.revision),

@@ -14,15 +14,25 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+from llm_service.masks import block_masks
 
 
 class CausalLM(nn.Module):
     """A transformers decoder (``AutoModel`` of the text config) plus a linear LM head."""
 
-    def __init__(self, decoder: nn.Module, hidden_size: int, vocab_size: int, tied: bool = False):
+    def __init__(
+        self,
+        decoder: nn.Module,
+        hidden_size: int,
+        vocab_size: int,
+        tied: bool = False,
+        head_bias: bool = False,
+    ):
         super().__init__()
         self.model = decoder
-        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=head_bias)
         # Read by ``load_subset``: a tied head is not expected in the checkpoint.
         self._tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"} if tied else {}
 
@@ -38,8 +48,9 @@ class CausalLM(nn.Module):
 class HFLanguageModel:
     """``llm_service.engine.types.LanguageModel`` over a loaded ``CausalLM``.
 
-    ``forward`` returns float32 logits of the last position (as ``generate`` samples from) and
-    the cache it was given (a new one when given None); the cache is updated in place.
+    ``forward`` returns float32 logits of the last position (as ``generate`` samples from, with
+    the config's ``final_logit_softcapping`` applied as its ``*ForCausalLM`` does) and the cache
+    it was given (a new one when given None); the cache is updated in place.
     """
 
     def __init__(self, module: CausalLM, text_config: Any, position_dims: int):
@@ -53,6 +64,7 @@ class HFLanguageModel:
         self.vocab_size = int(weight.shape[0])
         parameters = inspect.signature(module.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+        self._softcap = float(getattr(text_config, "final_logit_softcapping", None) or 0.0)
 
     @torch.no_grad()
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -65,20 +77,36 @@ class HFLanguageModel:
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         past_key_values: Any | None,
+        blocks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any]:
         cache = past_key_values if past_key_values is not None else self.new_cache()
+        inputs_embeds, position_ids = inputs_embeds.to(self.device, self.dtype), position_ids.to(self.device)
+        mask: Any = attention_mask.to(self.device)
+        if blocks is not None:
+            mask = block_masks(
+                self.text_config, inputs_embeds, position_ids, mask, cache, blocks.to(self.device)
+            )
         out = self.module.model(
-            inputs_embeds=inputs_embeds.to(self.device, self.dtype),
-            position_ids=position_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            attention_mask=mask,
             use_cache=True,
             **{self._cache_kwarg: cache},
         )
         logits = self.module.lm_head(out.last_hidden_state[:, -1, :])
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits.float(), cache
 
     def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.text_config)
+        """Full-length layers throughout: sliding-window layers keep every position too (the
+        engine pads, batches and slices caches by column), their window is applied by the mask."""
+        cache = DynamicCache(config=self.text_config)
+        cache.layers = [
+            DynamicLayer() if isinstance(layer, DynamicSlidingWindowLayer) else layer
+            for layer in cache.layers
+        ]
+        return cache
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())

@@ -1,7 +1,8 @@
 """Conversation -> prompt token ids, exactly as the checkpoint's processor would tokenise it.
 
 Messages become Hugging Face chat messages (``{"role", "content": [{"type": "image"},
-{"type": "text", "text": ...}]}``), rendered with the checkpoint's chat template
+{"type": "text", "text": ...}]}``, or the joined text for a template that expects string
+content, see ``chat_template.content_format``), rendered with the checkpoint's chat template
 (``add_generation_prompt=True``) and tokenised with or without the tokenizer's special tokens as
 the adapter says. That is byte for byte what ``processor.apply_chat_template`` produces (the
 parity tests hold us to it).
@@ -23,6 +24,7 @@ from typing import Any
 
 import jinja2
 
+from llm_service.chat_template import ContentFormat, content_format
 from llm_service.conversation import ChatMessage, ImageRef, TextPart
 from tandem.errors import InvalidInput
 
@@ -53,15 +55,25 @@ def _breaker(tokens: Sequence[str]) -> Callable[[str], str]:
     return neutralise
 
 
-def to_hf_messages(messages: Sequence[ChatMessage], text: Callable[[str], str]) -> list[dict[str, Any]]:
-    """Chat messages in the processor's format, each text passed through ``text``."""
-    out = []
+def to_hf_messages(
+    messages: Sequence[ChatMessage], text: Callable[[str], str], content: ContentFormat = "openai"
+) -> list[dict[str, Any]]:
+    """Chat messages in the processor's format, each text passed through ``text``.
+
+    ``content="string"`` (a template that renders ``message['content']`` directly): each
+    message's text parts joined by newlines, as one string; images have no place there.
+    """
+    out: list[dict[str, Any]] = []
     for message in messages:
-        content = [
+        if content == "string":
+            texts = [text(part.text) for part in message.parts if isinstance(part, TextPart)]
+            out.append({"role": message.role, "content": "\n".join(texts)})
+            continue
+        parts = [
             {"type": "image"} if isinstance(part, ImageRef) else {"type": "text", "text": text(part.text)}
             for part in message.parts
         ]
-        out.append({"role": message.role, "content": content})
+        out.append({"role": message.role, "content": parts})
     return out
 
 
@@ -69,11 +81,17 @@ class PromptBuilder:
     """Renders and tokenises conversations for one checkpoint; thread-safe (no mutable state)."""
 
     def __init__(
-        self, tokenizer: Any, chat_template: str, add_special_tokens: Callable[[str, str | None], bool]
+        self,
+        tokenizer: Any,
+        chat_template: str,
+        add_special_tokens: Callable[[str, str | None], bool],
+        expand: Callable[[str], str] | None = None,  # the processor's text rewrite (``Adapter.expander``)
     ):
+        self._expand = expand or (lambda prompt: prompt)
         self._tokenizer = tokenizer
         self._backend = tokenizer.backend_tokenizer  # Rust tokenizer: encode is thread-safe
         self._template = chat_template
+        self.content_format = content_format(chat_template)
         self._add_special_tokens = add_special_tokens
         self._controls = control_tokens(tokenizer)
         self._control_ids = set(self._controls.values())
@@ -81,7 +99,7 @@ class PromptBuilder:
 
     def render(self, messages: Sequence[ChatMessage], text: Callable[[str], str] | None = None) -> str:
         """The chat-template string of ``messages`` (texts neutralised unless ``text`` is given)."""
-        hf = to_hf_messages(messages, text or self._neutralise)
+        hf = to_hf_messages(messages, text or self._neutralise, self.content_format)
         try:
             rendered = self._tokenizer.apply_chat_template(
                 hf, chat_template=self._template, add_generation_prompt=True, tokenize=False
@@ -91,6 +109,7 @@ class PromptBuilder:
         return str(rendered)
 
     def encode(self, prompt: str) -> list[int]:
+        prompt = self._expand(prompt)
         special = self._add_special_tokens(prompt, self._tokenizer.bos_token)
         return list(self._backend.encode(prompt, add_special_tokens=special).ids)
 

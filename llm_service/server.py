@@ -49,7 +49,7 @@ def build_worker(
     """Wire a loaded model into a worker (the engine is created, not started)."""
     model, adapter = loaded.model, loaded.adapter
     info = ModelInfo(
-        served_model_name(config.model),
+        served_model_name(config.model, config.served_model_name or None),
         loaded.architecture,
         adapter.is_vlm,
         loaded.fingerprint,
@@ -69,7 +69,8 @@ def build_worker(
         settings = CacheSettings(prefix=config.cache_prefix)
         cache = EmbeddingCache(store, loaded.fingerprint, model.hidden_size, settings, metrics)
     features = FeatureSource(loaded.fingerprint, model.hidden_size, cache)
-    prompts = PromptBuilder(loaded.tokenizer, loaded.chat_template, adapter.add_special_tokens)
+    expand = adapter.expander(loaded.tokenizer)
+    prompts = PromptBuilder(loaded.tokenizer, loaded.chat_template, adapter.add_special_tokens, expand)
     return LanguageWorker(model, adapter, prompts, features, engine, info)
 
 

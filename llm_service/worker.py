@@ -199,6 +199,7 @@ class LanguageWorker:
             next_position=next_position,
             sampling=sampling,
             image_tokens=layout.image_tokens,
+            attention_blocks=self.adapter.attention_blocks(layout),
             session_id=session_key(request.tenant, request.session_id),
             tenant=request.tenant,
         )

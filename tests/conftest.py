@@ -37,11 +37,17 @@ def redis_server() -> Iterator[object]:
     """A private redis-server on loopback, stopped at the end of the session."""
     from tandem.redis_local import LocalRedis
 
-    server = LocalRedis().start()
-    try:
+    with LocalRedis() as server:
         yield server
-    finally:
-        server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[object]:
+    """A redis-server of this test's own, which it may stop, restart or freeze; stopped at its end."""
+    from tandem.redis_local import LocalRedis
+
+    with LocalRedis() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

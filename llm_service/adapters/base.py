@@ -10,12 +10,15 @@ call from any thread). Shared code asks it, never branches on the family:
 - ``layout``: expand each image placeholder token to that image's ``num_tokens``;
 - ``check_image``: family rules on an image's token count and grid (once the grid is known);
 - ``positions``: position ids [position_dims, L] and the position of the first generated token;
-- ``dummy_image``: a valid image shape for warm-up.
+- ``dummy_image``: a valid image shape for warm-up;
+- ``expander``: a rewrite of the rendered prompt text before tokenising, as the family's
+  processor does (e.g. Gemma 3 turns ``<start_of_image>`` into a whole image block);
+- ``attention_blocks``: prompt ranges that attend to each other both ways during prefill.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,6 +54,19 @@ class PromptLayout:
 
     def __repr__(self) -> str:
         return f"PromptLayout(tokens={len(self.token_ids)}, images={len(self.spans)})"
+
+
+# The image id of warm-up requests (never a real sha256 of bytes anyone sent).
+DUMMY_IMAGE_ID = "0" * 64
+
+# Where a VLM checkpoint keeps its language half: the transformers >= 4.52 layout first, then
+# the original layout of the LLaVA-style hub checkpoints (``language_model.model.*``).
+NESTED_LANGUAGE_PREFIXES: dict[str, str] = {
+    "model.language_model.": "model.",
+    "lm_head.": "lm_head.",
+    "language_model.model.": "model.",
+    "language_model.lm_head.": "lm_head.",
+}
 
 
 class Adapter:
@@ -108,6 +124,14 @@ class Adapter:
         """Sequential positions [1, L]; the first generated token sits at L."""
         length = len(layout.token_ids)
         return torch.arange(length, dtype=torch.long).unsqueeze(0), length
+
+    def expander(self, tokenizer: Any) -> Callable[[str], str] | None:
+        """The processor's rewrite of the rendered prompt text (None: tokenised as rendered)."""
+        return None
+
+    def attention_blocks(self, layout: PromptLayout) -> tuple[tuple[int, int], ...]:
+        """Prompt ranges [start, end) that attend bidirectionally in prefill (none: all causal)."""
+        return ()
 
     def dummy_image(self) -> ImageRef:
         """An image of a size this family produces, for warm-up (features are made by the caller)."""

@@ -8,21 +8,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from llm_service.adapters.base import Adapter
+from llm_service.adapters.base import DUMMY_IMAGE_ID, NESTED_LANGUAGE_PREFIXES, Adapter
 from llm_service.conversation import ImageRef
-
-DUMMY_IMAGE_ID = "0" * 64
 
 
 class LlavaAdapter(Adapter):
     architectures = ("LlavaForConditionalGeneration",)
-    # transformers >= 4.52 layout first, then the original llava-hf layout.
-    weight_prefixes: ClassVar[dict[str, str]] = {
-        "model.language_model.": "model.",
-        "lm_head.": "lm_head.",
-        "language_model.model.": "model.",
-        "language_model.lm_head.": "lm_head.",
-    }
+    weight_prefixes: ClassVar[dict[str, str]] = NESTED_LANGUAGE_PREFIXES
 
     @property
     def image_token_id(self) -> int:

@@ -14,11 +14,9 @@ from typing import ClassVar
 
 import torch
 
-from llm_service.adapters.base import Adapter, ImageSpan, PromptLayout
+from llm_service.adapters.base import DUMMY_IMAGE_ID, Adapter, ImageSpan, PromptLayout
 from llm_service.conversation import ImageRef
 from tandem.errors import InvalidInput
-
-DUMMY_IMAGE_ID = "0" * 64
 
 
 class Qwen2VLAdapter(Adapter):

@@ -73,3 +73,29 @@ def padded_inputs(
     if len(jobs) == 1 and jobs[0].done:
         mask = torch.cat([torch.ones(1, jobs[0].done, dtype=torch.long, device=device), mask], dim=1)
     return embeds, positions[0] if position_dims == 1 else positions, mask
+
+
+def block_ids(jobs: list[PrefillJob], mask: torch.Tensor) -> torch.Tensor | None:
+    """Each mask column's attention-block number (-1: none), or None when no block is prefilled.
+
+    Columns line up with ``padded_inputs``' mask: a row's ``take`` new positions are its last
+    columns. Blocks never straddle a chunk boundary (``chunk_take``), so cached columns are -1.
+    """
+    ids = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+    for row, job in enumerate(jobs):
+        first = mask.shape[1] - job.take  # column of prompt position job.done
+        for number, (start, end) in enumerate(job.seq.request.attention_blocks):
+            lo, hi = max(start, job.done), min(end, job.done + job.take)
+            if lo < hi:
+                ids[row, first + lo - job.done : first + hi - job.done] = number
+    return ids if bool((ids >= 0).any()) else None
+
+
+def chunk_take(job: PrefillJob, budget: int) -> int:
+    """Positions to prefill now: up to ``budget``, but a chunk that would end inside an attention
+    block ends before it (or, when the block starts the chunk, after it)."""
+    end = job.done + min(job.remaining, budget)
+    for start, stop in job.seq.request.attention_blocks:
+        if start < end < stop:
+            end = start if start > job.done else stop
+    return end - job.done

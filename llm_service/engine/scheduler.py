@@ -6,12 +6,13 @@ import logging
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import torch
 
 from llm_service.engine.batch import DecodeBatch
 from llm_service.engine.fair_queue import FairQueue
-from llm_service.engine.prefill import PrefillJob, group_by_length, padded_inputs
+from llm_service.engine.prefill import PrefillJob, block_ids, chunk_take, group_by_length, padded_inputs
 from llm_service.engine.sampling import Sampled, sample
 from llm_service.engine.sequence import Sequence
 from llm_service.engine.session_cache import SessionCache
@@ -166,7 +167,7 @@ class Scheduler:
             job = partial if partial is not None else self._start(self._next_queued(running))
             if job is None:
                 break
-            partial, job.take = None, min(job.remaining, budget)
+            partial, job.take = None, chunk_take(job, budget)
             budget -= job.take
             running[job.seq.request.tenant] += 1
             jobs.append(job)
@@ -198,7 +199,9 @@ class Scheduler:
         start, model = time.perf_counter(), self.model
         embeds, positions, mask = padded_inputs(jobs, model.position_dims, model.dtype, model.device)
         cache = jobs[0].cache if jobs[0].cache is not None else model.new_cache()
-        logits, cache = model.forward(embeds, positions, mask, cache)
+        blocks = block_ids(jobs, mask)
+        extra: dict[str, Any] = {} if blocks is None else {"blocks": blocks}  # see LanguageModel
+        logits, cache = model.forward(embeds, positions, mask, cache, **extra)
         completes = jobs[0].completes  # a group is whole prompts, or a single job
         self.metrics.inc("engine_prefill_tokens", sum(job.take for job in jobs))
         for job in jobs:

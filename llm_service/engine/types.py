@@ -39,6 +39,8 @@ class LanguageModel(Protocol):
     or [3, B, L] (3, Qwen2-VL M-RoPE), ``attention_mask`` [B, past + L] (1 real, 0 padding) and
     a transformers ``Cache`` (or None); it returns the logits of the last position [B, V] and the
     updated cache. The engine keeps sequences left-padded in one batched ``DynamicCache``.
+    A model whose requests carry ``attention_blocks`` also takes ``blocks`` [B, past + L] on a
+    prefill forward: each column's block number, -1 outside blocks (``llm_service.masks``).
     """
 
     dtype: torch.dtype
@@ -132,6 +134,9 @@ class EngineRequest:
     next_position: int
     sampling: SamplingConfig
     image_tokens: int = 0
+    # Prompt ranges [start, end) whose positions attend to each other both ways during prefill
+    # (Gemma 3's images); the rest is causal. A prefill chunk never ends inside one.
+    attention_blocks: tuple[tuple[int, int], ...] = ()
     session_id: str | None = None
     tenant: str = ""  # who asked: batch slots are shared fairly between tenants (``FairQueue``)
 

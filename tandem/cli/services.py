@@ -4,7 +4,8 @@ worker options passed through.
 Every option a worker declares in its own section of ``--help`` (the fields of ``LlmConfig``
 and ``VisionConfig`` outside the shared "server" and "redis" sections: batch sizes, context
 length, dtype, caches, image limits) is also a ``tandem up`` flag, named after the worker:
-``tandem up --llm-max-batch-size 8`` runs ``python -m llm_service ... --max-batch-size 8``.
+``tandem up --llm-max-batch-size 8`` runs ``python -m llm_service ... --max-batch-size 8``
+(``--served-model-name`` and ``--chat-template`` are also taken without the ``llm-`` prefix).
 ``tandem up`` sets the model, revision and device itself, so those are not repeated. Before
 anything starts, each worker's command line goes through the worker's own parser and config
 class (``check_argv``), so a bad value fails at once, with the worker's own message.
@@ -29,6 +30,11 @@ CONFIGS = {
 }
 WORKERS = {"llm": "language worker", "vision": "vision worker"}
 MANAGED = frozenset({"model", "revision", "device"})  # tandem up's own --model and --device
+# Worker options that ``tandem up`` also takes under a short name (as vLLM spells them).
+ALIASES = {
+    "llm_served_model_name": "--served-model-name",
+    "llm_chat_template": "--chat-template",
+}
 
 
 class ConfigError(Exception):
@@ -97,12 +103,13 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
 def _add_worker_option(section: Any, service: str, field: dataclasses.Field[Any], tp: Any) -> None:
     help_text = f"{field.metadata['help']} (worker default: {field.default!r})".replace("%", "%%")
     flag, dest = f"--{service}-{field.name.replace('_', '-')}", f"{service}_{field.name}"
+    flags = (flag, ALIASES[dest]) if dest in ALIASES else (flag,)
     if tp is bool:
-        section.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=help_text)
+        section.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, help=help_text)
         return
     metavar = field.name.upper()
     choices = field.metadata.get("choices")
-    section.add_argument(flag, dest=dest, metavar=metavar, choices=choices, help=help_text)
+    section.add_argument(*flags, dest=dest, metavar=metavar, choices=choices, help=help_text)
 
 
 def worker_argv(args: argparse.Namespace, service: str) -> list[str]:

@@ -53,6 +53,7 @@ from typing import Any, TextIO
 
 from tandem.cli import embedded_redis
 from tandem.cli.embedded_redis import RedisRoles
+from tandem.cli.model_family import detect_family
 from tandem.cli.services import (
     CONFIGS,
     ConfigError,
@@ -320,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
         log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="tandem-up-"))
         redis = embedded_redis.plan(args)
         workers = service_specs(args, model, vlm, redis.cache_url, log_dir)
+        family = detect_family(model)
     except ConfigError as exc:
         say(f"tandem up: {exc}", err=True)
         return 2
@@ -329,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
     launcher = Launcher(log_dir, stop)
     try:
         say(f"starting Tandem ({'VLM' if vlm else 'text-only'} model {model}); logs in {log_dir}")
+        if family is not None:
+            say(f"model family: {family}")
         if redis.data_dir is not None:
             say(f"data: {redis.data_dir} (sessions persist here; --data-dir)")
         redis.start(say)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
 
 # How long an interrupted call may take to unwind on the loop before the caller moves on.
 _CANCEL_WAIT_SECONDS = 5.0
@@ -23,11 +21,29 @@ _CANCEL_WAIT_SECONDS = 5.0
 _DONE = object()
 
 
-async def _next(iterator: AsyncIterator[T]) -> T | object:
+async def _next(iterator: AsyncIterator[T], steps: set[asyncio.Task[Any]]) -> T | object:
+    """One step of ``iterator``; the running step is in ``steps`` (registered on the loop, so a
+    Ctrl-C in the calling thread can never lose track of it)."""
+    task = asyncio.current_task()
+    if task is not None:
+        steps.add(task)
     try:
         return await iterator.__anext__()
     except StopAsyncIteration:
         return _DONE
+    finally:
+        steps.discard(task)  # type: ignore[arg-type]
+
+
+async def _close(iterator: AsyncIterator[Any], steps: set[asyncio.Task[Any]]) -> None:
+    """Cancel a step still running (the caller was interrupted), then close the iterator."""
+    running = list(steps)
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class LoopThread:
@@ -61,19 +77,16 @@ class LoopThread:
 
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
         """Iterate an async iterator from this thread; leaving early closes it (and its call)."""
+        steps: set[asyncio.Task[Any]] = set()
         try:
             while True:
-                item = self.run(_next(iterator))
+                item = self.run(_next(iterator, steps))
                 if item is _DONE:
                     return
                 yield item  # type: ignore[misc]
         finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None and self.running:
-                try:
-                    self.run(aclose())
-                except RuntimeError as exc:  # interrupted before its step could be cancelled
-                    log.debug("stream not closed at once: %s", exc)
+            if self.running:
+                self.run(_close(iterator, steps))
 
     def stop(self) -> None:
         """Stop the loop and join the thread; idempotent."""

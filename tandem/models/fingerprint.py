@@ -28,6 +28,8 @@ VISION_WEIGHT_PREFIXES = (
     "model.vision_tower.",
     "model.multi_modal_projector.",
     "model.visual.",
+    "image_newline",
+    "model.image_newline",
 )
 
 _CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json")

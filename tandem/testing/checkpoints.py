@@ -18,6 +18,9 @@ tokenizers are BPE models trained here on a small generated English corpus. Noth
 * ``"llama"``: text-only ``LlamaForCausalLM``; same tokenizer (without ``<image>``) and template
   as llava.
 * ``"qwen2"``: text-only ``Qwen2ForCausalLM``; same tokenizer and ChatML template as qwen2_vl.
+* ``"llava_next"``: LLaVA-NeXT, any-resolution tiles (``tandem/testing/families/llava_next.py``).
+* ``"qwen2_5_vl"``: Qwen2.5-VL, windowed vision attention (``tandem/testing/families/qwen2_5_vl.py``).
+* ``"gemma3"``: Gemma 3, SigLIP + pooled projector, sliding layers (``tandem/testing/families/gemma3.py``).
 
 Llama-family tokenizers are ``LlamaTokenizer`` (Metaspace BPE with byte fallback, as Llama-2 /
 Vicuna); Qwen ones are byte-level ``Qwen2Tokenizer``. The ``seed`` only changes the weights.
@@ -26,6 +29,7 @@ Vicuna); Qwen ones are byte-level ``Qwen2Tokenizer``. The ``seed`` only changes 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import random
@@ -60,7 +64,9 @@ from transformers import (
 )
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-KINDS: tuple[str, ...] = ("llava", "qwen2_vl", "llama", "qwen2")
+KINDS: tuple[str, ...] = ("llava", "qwen2_vl", "llama", "qwen2", "llava_next", "qwen2_5_vl")
+KINDS += ("mistral", "gemma", "phi3", "qwen3")  # text-only decoders: families/text_decoders.py
+KINDS += ("gemma3",)
 MARKER = ".tandem-checkpoint.json"
 
 HIDDEN, HEADS = 64, 4
@@ -217,28 +223,35 @@ def _build_llava(path: Path) -> None:
     _save(LlavaForConditionalGeneration(config), processor, path, tok.eos_token_id)
 
 
-def _build_qwen2_vl(path: Path) -> None:
+def qwen_vl_parts() -> tuple[Qwen2Tokenizer, dict[str, Any], list[int]]:
+    """What the Qwen-VL kinds share: the tokenizer (ChatML template), the top-level config
+    arguments but ``vision_config`` (M-RoPE text config, vision token ids) and the eos ids."""
     tok = qwen_tokenizer()
     tok.chat_template = CHATML_TEMPLATE
     ids = {token: tok.get_vocab()[token] for token in QWEN_SPECIALS}
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section(HIDDEN // HEADS)}
+    config = {
+        "text_config": _text_config(tok, rope_parameters=rope), "dtype": "float32",
+        "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+    }  # fmt: skip
+    return tok, config, [ids["<|im_end|>"], ids["<|endoftext|>"]]
+
+
+def _build_qwen2_vl(path: Path) -> None:
+    tok, config, eos = qwen_vl_parts()
     vision = {
         "depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "hidden_size": HIDDEN, "patch_size": 14,
         "spatial_merge_size": 2, "temporal_patch_size": 2, "initializer_range": INIT_RANGE,
         "dtype": "float32",
     }  # fmt: skip
-    config = Qwen2VLConfig(
-        text_config=_text_config(tok, rope_parameters=rope), vision_config=vision, dtype="float32",
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )  # fmt: skip
     pixels: dict[str, Any] = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels), video_processor=Qwen2VLVideoProcessor(**pixels),
         tokenizer=tok, chat_template=CHATML_TEMPLATE,
     )  # fmt: skip
-    eos = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    _save(Qwen2VLForConditionalGeneration(config), processor, path, eos)
+    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, **config))
+    _save(model, processor, path, eos)
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -248,11 +261,24 @@ def mrope_section(head_dim: int) -> list[int]:
     return [t, (half - t) // 2, half - t - (half - t) // 2]
 
 
+def _family(name: str) -> Callable[[Path], None]:
+    """The ``build`` of ``tandem.testing.families.<name>``, imported on first use (it imports us)."""
+
+    def build(path: Path) -> None:
+        importlib.import_module(f"tandem.testing.families.{name}").build(path)
+
+    return build
+
+
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "llava": _build_llava,
     "qwen2_vl": _build_qwen2_vl,
     "llama": _build_llama,
     "qwen2": _build_qwen2,
+    "llava_next": _family("llava_next"),
+    "qwen2_5_vl": _family("qwen2_5_vl"),
+    **{kind: _family(kind) for kind in ("mistral", "gemma", "phi3", "qwen3")},
+    "gemma3": _family("gemma3"),
 }
 
 

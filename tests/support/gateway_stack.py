@@ -25,6 +25,7 @@ from gateway.app import GatewayApp
 from gateway.config import GatewayConfig
 from llm_service.config import LlmConfig
 from llm_service.server import LanguageApp
+from tandem.models.checkpoint import read_config
 from tandem.serving.bootstrap import channel_options
 from tandem.testing.checkpoints import make_test_image
 
@@ -75,6 +76,11 @@ class Stack:
         self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
 
 
+def is_vlm(path: Path) -> bool:
+    """A checkpoint with a vision tower (its config.json has a ``vision_config``)."""
+    return "vision_config" in read_config(path)
+
+
 def hf_part(part: str | bytes) -> dict[str, Any]:
     if isinstance(part, str):
         return {"type": "text", "text": part}
@@ -87,7 +93,7 @@ async def start_stack(kind: str, path: Path, redis_url: str, exits: contextlib.A
 
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     vision_addresses: tuple[str, ...] = ()
-    if kind in VLMS:
+    if kind in VLMS or is_vlm(path):
         config = VisionConfig(model=str(path), redis_url=redis_url, port=0, cache_prefix=prefix)
         vision_addresses = ((await exits.enter_async_context(running_vision(config))).address,)
     llm = LanguageApp(
@@ -107,7 +113,7 @@ async def start_stack(kind: str, path: Path, redis_url: str, exits: contextlib.A
     )
     port = await gateway.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(64 << 20))
-    if kind in VLMS:
+    if kind in VLMS or is_vlm(path):
         full, processor = (
             AutoModelForImageTextToText.from_pretrained(path),
             AutoProcessor.from_pretrained(path),

@@ -10,12 +10,18 @@ from pathlib import Path
 
 from tandem.models.checkpoint import read_config
 from vision_service.adapters.base import Pixels, VisionAdapter
+from vision_service.adapters.gemma3 import Gemma3Adapter
 from vision_service.adapters.llava import LlavaAdapter
+from vision_service.adapters.llava_next import LlavaNextAdapter
+from vision_service.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vision_service.adapters.qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS: dict[str, type[VisionAdapter]] = {
+    Gemma3Adapter.architecture: Gemma3Adapter,
     LlavaAdapter.architecture: LlavaAdapter,
+    LlavaNextAdapter.architecture: LlavaNextAdapter,
     Qwen2VLAdapter.architecture: Qwen2VLAdapter,
+    Qwen2_5_VLAdapter.architecture: Qwen2_5_VLAdapter,
 }
 
 __all__ = [

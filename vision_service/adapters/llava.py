@@ -47,22 +47,25 @@ class LlavaAdapter(VisionAdapter):
     architecture = "LlavaForConditionalGeneration"
 
     def build_module(self) -> torch.nn.Module:
-        config = cast(LlavaConfig, self.config)
-        strategy = config.vision_feature_select_strategy
+        strategy = self.config.vision_feature_select_strategy
         if strategy not in ("default", "full"):
             raise ValueError(f"unsupported vision_feature_select_strategy {strategy!r}")
-        module = build_empty(
-            lambda: LlavaVision(
-                AutoModel.from_config(config.vision_config, dtype=self.dtype),
-                LlavaMultiModalProjector(config),
-                config.vision_feature_layer,
-                strategy,
-            )
-        )
+        module = build_empty(self.make_module)
         return self.fill(module, self._prefixes(module.vision_tower))
+
+    def make_module(self) -> LlavaVision:
+        """The empty vision half (called on the meta device; subclasses add their own parts)."""
+        config = cast(LlavaConfig, self.config)
+        return LlavaVision(
+            AutoModel.from_config(config.vision_config, dtype=self.dtype),
+            LlavaMultiModalProjector(config),
+            config.vision_feature_layer,
+            config.vision_feature_select_strategy,
+        )
 
     @staticmethod
     def _prefixes(tower: torch.nn.Module) -> dict[str, str]:
+        """Checkpoint prefix -> module prefix, for every layout in the module docstring."""
         inner = "vision_model." if any(k.startswith("vision_model.") for k in tower.state_dict()) else ""
         target = "vision_tower." + inner
         return {

@@ -12,9 +12,11 @@ saves) and ``model.visual.*`` (saved by transformers 4.52-4.x).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from PIL import Image
+from transformers import PreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
 from tandem.models.meta import build_empty
@@ -25,12 +27,12 @@ class Qwen2VLAdapter(VisionAdapter):
     """Qwen2-VL checkpoints (vision transformer + patch merger, output in the text hidden size)."""
 
     architecture = "Qwen2VLForConditionalGeneration"
+    # The HF vision module (tower + merger) whose forward is ``get_image_features``'s.
+    tower: ClassVar[type[PreTrainedModel]] = Qwen2VisionTransformerPretrainedModel
 
     def build_module(self) -> torch.nn.Module:
         vision_config = self.config.vision_config
-        module = build_empty(
-            lambda: Qwen2VisionTransformerPretrainedModel._from_config(vision_config, dtype=self.dtype)
-        )
+        module = build_empty(lambda: self.tower._from_config(vision_config, dtype=self.dtype))
         return self.fill(module, {"model.visual.": "", "visual.": ""})
 
     @property

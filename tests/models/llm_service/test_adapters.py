@@ -71,8 +71,11 @@ def _conversation(with_images: bool) -> tuple[list[ChatMessage], list[dict]]:
 
 def test_registry_keys_by_architecture_and_refuses_unknown() -> None:
     assert set(ADAPTERS) == {
+        "Gemma3ForConditionalGeneration",
         "LlavaForConditionalGeneration",
+        "LlavaNextForConditionalGeneration",
         "Qwen2VLForConditionalGeneration",
+        "Qwen2_5_VLForConditionalGeneration",
         "LlamaForCausalLM",
         "Qwen2ForCausalLM",
     }

@@ -19,6 +19,7 @@ from tandem.testing.engine import (
     collect,
     text_request,
 )
+from tests.support.engines import gather_with_peak, random_ids, running_engine
 
 EOS = 2
 
@@ -30,16 +31,9 @@ def tokenizer() -> Any:
 
 @pytest.fixture
 def engine(hf_model: Any, tokenizer: Any) -> Iterator[Engine]:
-    engine = Engine(CausalLMAdapter(hf_model), tokenizer, EngineConfig(context_length=256), [EOS])
-    engine.start()
-    try:
+    config = EngineConfig(context_length=256)
+    with running_engine(Engine(CausalLMAdapter(hf_model), tokenizer, config, [EOS])) as engine:
         yield engine
-    finally:
-        engine.stop()
-
-
-def _prompt(length: int, seed: int) -> list[int]:
-    return torch.randint(3, 300, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def _hf_greedy(model: Any, ids: list[int], n: int, **kwargs: Any) -> list[int]:
@@ -50,7 +44,7 @@ def _hf_greedy(model: Any, ids: list[int], n: int, **kwargs: Any) -> list[int]:
 
 async def test_greedy_alone_matches_hf_generate(engine: Engine, hf_model: Any) -> None:
     for length, n in [(1, 6), (7, 20), (33, 12)]:
-        ids = _prompt(length, seed=length)
+        ids = random_ids(length, seed=length)
         got = await collect(engine, text_request(engine.model, ids, SamplingConfig(max_new_tokens=n)))
         expected = _hf_greedy(hf_model, ids, n)
         assert got.token_ids == expected
@@ -60,7 +54,7 @@ async def test_greedy_alone_matches_hf_generate(engine: Engine, hf_model: Any) -
 
 async def test_eight_staggered_requests_each_match_their_solo_output(engine: Engine, hf_model: Any) -> None:
     lengths, budgets = [3, 40, 11, 25, 1, 17, 32, 8], [30, 5, 22, 12, 28, 9, 18, 25]
-    prompts = [_prompt(length, seed=100 + i) for i, length in enumerate(lengths)]
+    prompts = [random_ids(length, seed=100 + i) for i, length in enumerate(lengths)]
 
     async def run(i: int) -> Generation:
         await asyncio.sleep(0.004 * i)
@@ -68,17 +62,7 @@ async def test_eight_staggered_requests_each_match_their_solo_output(engine: Eng
             engine, text_request(engine.model, prompts[i], SamplingConfig(max_new_tokens=budgets[i]))
         )
 
-    peak = 0
-
-    async def watch() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, engine.running)
-            await asyncio.sleep(0.001)
-
-    watcher = asyncio.create_task(watch())
-    results = await asyncio.gather(*(run(i) for i in range(8)))
-    watcher.cancel()
+    results, peak = await gather_with_peak(engine, *(run(i) for i in range(8)))
     for i, got in enumerate(results):
         assert got.token_ids == _hf_greedy(hf_model, prompts[i], budgets[i]), f"request {i}"
     decode_steps = engine.metrics.snapshot()["engine_decode_seconds_count"]
@@ -87,7 +71,7 @@ async def test_eight_staggered_requests_each_match_their_solo_output(engine: Eng
 
 
 async def test_repetition_penalty_matches_hf(engine: Engine, hf_model: Any) -> None:
-    ids = _prompt(12, seed=5)
+    ids = random_ids(12, seed=5)
     sampling = SamplingConfig(max_new_tokens=16, repetition_penalty=1.8)
     got = await collect(engine, text_request(engine.model, ids, sampling))
     assert got.token_ids == _hf_greedy(hf_model, ids, 16, repetition_penalty=1.8)
@@ -95,7 +79,7 @@ async def test_repetition_penalty_matches_hf(engine: Engine, hf_model: Any) -> N
 
 
 async def test_seeded_sampling_is_reproducible_and_independent_of_batch_companions(engine: Engine) -> None:
-    ids = _prompt(9, seed=11)
+    ids = random_ids(9, seed=11)
 
     def seeded(seed: int) -> Any:
         sampling = SamplingConfig(max_new_tokens=24, temperature=1.0, top_p=0.95, top_k=100, seed=seed)
@@ -104,7 +88,7 @@ async def test_seeded_sampling_is_reproducible_and_independent_of_batch_companio
     alone = await collect(engine, seeded(7))
     again = await collect(engine, seeded(7))
     noise = [
-        text_request(engine.model, _prompt(5 + i, i), SamplingConfig(max_new_tokens=30, temperature=1.3))
+        text_request(engine.model, random_ids(5 + i, i), SamplingConfig(max_new_tokens=30, temperature=1.3))
         for i in range(3)
     ]
     together = await asyncio.gather(collect(engine, seeded(7)), *(collect(engine, r) for r in noise))
@@ -114,13 +98,15 @@ async def test_seeded_sampling_is_reproducible_and_independent_of_batch_companio
 
 
 async def test_max_new_tokens_ends_with_length(engine: Engine) -> None:
-    got = await collect(engine, text_request(engine.model, _prompt(4, 1), SamplingConfig(max_new_tokens=3)))
+    got = await collect(
+        engine, text_request(engine.model, random_ids(4, 1), SamplingConfig(max_new_tokens=3))
+    )
     assert len(got.token_ids) == 3 and got.final.finish_reason == "length"
     assert [e.finish_reason for e in got.events[:-1]] == [None, None]
 
 
 async def test_stop_token_ids_end_generation_with_stop(engine: Engine, hf_model: Any) -> None:
-    ids = _prompt(10, seed=21)
+    ids = random_ids(10, seed=21)
     free = _hf_greedy(hf_model, ids, 12)
     stop_at = next(i for i, t in enumerate(free) if t not in free[:i] and i >= 2)
     sampling = SamplingConfig(max_new_tokens=12, stop_token_ids=(free[stop_at],))
@@ -198,7 +184,7 @@ async def test_three_dimensional_positions_reach_the_model(hf_model: Any, tokeni
     engine = Engine(model, tokenizer, EngineConfig(context_length=128), [EOS])
     engine.start()
     try:
-        ids = [_prompt(6, 31), _prompt(14, 32)]
+        ids = [random_ids(6, 31), random_ids(14, 32)]
         results = await asyncio.gather(
             *(collect(engine, text_request(model, p, SamplingConfig(max_new_tokens=10))) for p in ids)
         )
@@ -231,10 +217,10 @@ async def test_queued_prompts_share_padded_prefills(hf_model: Any, tokenizer: An
     engine.start()
     try:
         blocker = asyncio.create_task(
-            collect(engine, text_request(model, _prompt(5, 1), SamplingConfig(max_new_tokens=4)))
+            collect(engine, text_request(model, random_ids(5, 1), SamplingConfig(max_new_tokens=4)))
         )
         await asyncio.sleep(0.05)
-        prompts = [_prompt(n, 40 + n) for n in (20, 18, 16, 31, 9, 27)]
+        prompts = [random_ids(n, 40 + n) for n in (20, 18, 16, 31, 9, 27)]
         tasks = [
             asyncio.create_task(collect(engine, text_request(model, p, SamplingConfig(max_new_tokens=9))))
             for p in prompts
@@ -260,7 +246,7 @@ async def test_long_prompts_are_prefilled_in_chunks_between_decode_steps(
     engine = Engine(model, tokenizer, EngineConfig(context_length=256, max_prefill_tokens=8), [EOS])
     engine.start()
     try:
-        short, long = _prompt(4, 50), _prompt(45, 51)
+        short, long = random_ids(4, 50), random_ids(45, 51)
         stream = engine.generate(text_request(model, short, SamplingConfig(max_new_tokens=30)))
         first = [await anext(stream) for _ in range(3)]
         got_long = await collect(engine, text_request(model, long, SamplingConfig(max_new_tokens=10)))

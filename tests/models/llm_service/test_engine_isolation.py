@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-import torch
 
 from llm_service.engine import Engine, EngineConfig, SamplingConfig
 from llm_service.engine.sequence import Sequence
@@ -27,8 +26,8 @@ from tandem.testing.engine import (
     byte_level_tokenizer,
     collect,
     text_request,
-    tiny_llama,
 )
+from tests.support.engines import random_ids, running_engine
 
 GREEDY_PROMPTS = [(5, 24), (9, 20), (14, 22), (3, 22)]  # (prompt length, max_new_tokens)
 POISON_POSITION = 40  # _Poisoned gives NaN scores to rows at this position or later
@@ -51,29 +50,16 @@ class _Poisoned(CausalLMAdapter):
         return logits.masked_fill(poisoned[:, None], float("nan")), cache
 
 
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    return tiny_llama(vocab_size=300)
-
-
 @pytest.fixture
 def engine(hf_model: Any) -> Iterator[Engine]:
     config = EngineConfig(context_length=256, max_batch_size=32, max_queue=64)
-    engine = Engine(_Poisoned(hf_model), byte_level_tokenizer(300), config, [])
-    engine.start()
-    try:
+    with running_engine(Engine(_Poisoned(hf_model), byte_level_tokenizer(300), config, [])) as engine:
         yield engine
-    finally:
-        engine.stop()
-
-
-def _prompt(length: int, seed: int) -> list[int]:
-    return torch.randint(3, 300, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def _greedy_requests(engine: Engine) -> list[Any]:
     return [
-        text_request(engine.model, _prompt(length, seed=i), SamplingConfig(max_new_tokens=n), f"greedy{i}")
+        text_request(engine.model, random_ids(length, seed=i), SamplingConfig(max_new_tokens=n), f"greedy{i}")
         for i, (length, n) in enumerate(GREEDY_PROMPTS)
     ]
 
@@ -130,7 +116,7 @@ async def test_a_blast_of_tiny_temperatures_leaves_other_streams_untouched(engin
     hostile = [
         text_request(
             engine.model,
-            _prompt(4 + i % 7, seed=50 + i),
+            random_ids(4 + i % 7, seed=50 + i),
             SamplingConfig(max_new_tokens=12, temperature=tiny[i % len(tiny)], seed=i),
             f"tiny{i}",
         )
@@ -155,7 +141,9 @@ async def test_rows_whose_scores_overflow_fail_alone(engine: Engine) -> None:
             repetition_penalty=1e-40,
         ),
     ]
-    hostile = [text_request(engine.model, _prompt(6, seed=70 + i), s, f"bad{i}") for i, s in enumerate(bad)]
+    hostile = [
+        text_request(engine.model, random_ids(6, seed=70 + i), s, f"bad{i}") for i, s in enumerate(bad)
+    ]
     greedy_out, hostile_out = await _blast(engine, greedy, hostile)
     _assert_unharmed(greedy_out, alone)
     for failed in hostile_out:
@@ -166,7 +154,7 @@ async def test_rows_whose_scores_overflow_fail_alone(engine: Engine) -> None:
 async def test_a_row_whose_model_scores_turn_nan_mid_stream_fails_alone(engine: Engine) -> None:
     greedy = _greedy_requests(engine)
     alone = await _solo(engine, greedy)
-    doomed = text_request(engine.model, _prompt(35, seed=9), SamplingConfig(max_new_tokens=30), "doomed")
+    doomed = text_request(engine.model, random_ids(35, seed=9), SamplingConfig(max_new_tokens=30), "doomed")
     greedy_out, (failed,) = await _blast(engine, greedy, [doomed])
     _assert_unharmed(greedy_out, alone)
     assert isinstance(failed, _Failed) and isinstance(failed.error, GenerationFailed)
@@ -187,7 +175,9 @@ async def test_a_row_whose_text_step_raises_fails_alone(
         return accept(self, token_id)
 
     monkeypatch.setattr(Sequence, "accept", flaky)
-    flaky_request = text_request(engine.model, _prompt(6, seed=3), SamplingConfig(max_new_tokens=20), "flaky")
+    flaky_request = text_request(
+        engine.model, random_ids(6, seed=3), SamplingConfig(max_new_tokens=20), "flaky"
+    )
     greedy_out, (failed,) = await _blast(engine, greedy, [flaky_request])
     _assert_unharmed(greedy_out, alone)
     assert isinstance(failed, _Failed) and isinstance(failed.error, GenerationFailed)

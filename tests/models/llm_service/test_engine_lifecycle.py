@@ -14,10 +14,12 @@ from llm_service.engine import Engine, EngineConfig, SamplingConfig, TokenEvent
 from tandem.errors import InvalidInput, Overloaded, Unavailable
 from tandem.testing.engine import (
     CausalLMAdapter,
+    Generation,
     byte_level_tokenizer,
     collect,
     text_request,
 )
+from tests.support.engines import random_ids, running_engine
 
 STEP_SECONDS = 0.02
 
@@ -48,16 +50,14 @@ def _make(hf_model: Any, **config: int) -> tuple[Engine, _SlowCounted]:
 @pytest.fixture
 def slow(hf_model: Any) -> Iterator[tuple[Engine, _SlowCounted]]:
     engine, model = _make(hf_model, max_batch_size=1, max_queue=1)
-    engine.start()
-    try:
+    with running_engine(engine):
         yield engine, model
-    finally:
-        engine.stop()
 
 
 def _request(engine: Engine, n: int, seed: int = 0, length: int = 6) -> Any:
-    ids = torch.randint(3, 300, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-    return text_request(engine.model, ids, SamplingConfig(max_new_tokens=n), request_id=f"r{seed}")
+    return text_request(
+        engine.model, random_ids(length, seed), SamplingConfig(max_new_tokens=n), request_id=f"r{seed}"
+    )
 
 
 async def _until(condition: Any, timeout: float = 10.0) -> None:
@@ -110,12 +110,20 @@ async def test_cancelling_the_consumer_task_stops_generation(slow: tuple[Engine,
     assert engine.metrics.get("generation_tokens") == tokens < 50
 
 
+async def _running_and_queued(
+    engine: Engine, running_tokens: int, queued_tokens: int
+) -> tuple[asyncio.Task[Generation], asyncio.Task[Generation]]:
+    """A request that runs (once it does), then one queued behind it (once it waits)."""
+    running = asyncio.create_task(collect(engine, _request(engine, running_tokens, seed=1)))
+    await _until(lambda: engine.running == 1)
+    queued = asyncio.create_task(collect(engine, _request(engine, queued_tokens, seed=2)))
+    await _until(lambda: engine.waiting == 1)
+    return running, queued
+
+
 async def test_a_request_cancelled_while_queued_is_never_prefilled(slow: tuple[Engine, _SlowCounted]) -> None:
     engine, _ = slow
-    first = asyncio.create_task(collect(engine, _request(engine, 15, seed=1)))
-    await _until(lambda: engine.running == 1)
-    queued = asyncio.create_task(collect(engine, _request(engine, 15, seed=2)))
-    await _until(lambda: engine.waiting == 1)
+    first, queued = await _running_and_queued(engine, 15, 15)
     queued.cancel()
     got = await first
     assert got.final.finish_reason == "length"
@@ -126,10 +134,7 @@ async def test_a_request_cancelled_while_queued_is_never_prefilled(slow: tuple[E
 
 async def test_a_full_queue_refuses_at_once(slow: tuple[Engine, _SlowCounted]) -> None:
     engine, _ = slow
-    running = asyncio.create_task(collect(engine, _request(engine, 400, seed=1)))
-    await _until(lambda: engine.running == 1)
-    queued = asyncio.create_task(collect(engine, _request(engine, 5, seed=2)))
-    await _until(lambda: engine.waiting == 1)
+    running, queued = await _running_and_queued(engine, 400, 5)
     started = time.monotonic()
     with pytest.raises(Overloaded):
         await anext(engine.generate(_request(engine, 5, seed=3)))

@@ -16,6 +16,7 @@ from tandem.testing.engine import (
     collect,
     text_request,
 )
+from tests.support.engines import random_ids, running_engine
 
 EOS = 2
 
@@ -27,16 +28,8 @@ def _engine(hf_model: Any, entries: int = 8) -> Engine:
 
 @pytest.fixture
 def engine(hf_model: Any) -> Iterator[Engine]:
-    engine = _engine(hf_model)
-    engine.start()
-    try:
+    with running_engine(_engine(hf_model)) as engine:
         yield engine
-    finally:
-        engine.stop()
-
-
-def _ids(n: int, seed: int) -> list[int]:
-    return torch.randint(3, 300, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def _greedy(n: int) -> SamplingConfig:
@@ -47,10 +40,10 @@ async def test_second_turn_reuses_the_first_and_matches_a_stateless_run(
     engine: Engine, hf_model: Any
 ) -> None:
     model = engine.model
-    first_prompt = _ids(20, seed=1)
+    first_prompt = random_ids(20, seed=1)
     first = await collect(engine, text_request(model, first_prompt, _greedy(8), session_id="s"))
     assert first.final.finish_reason == "length"
-    second_prompt = first_prompt + first.token_ids + _ids(10, seed=2)
+    second_prompt = first_prompt + first.token_ids + random_ids(10, seed=2)
     reused = await collect(engine, text_request(model, second_prompt, _greedy(12), session_id="s"))
     stateless = await collect(engine, text_request(model, second_prompt, _greedy(12)))
     assert reused.final.usage is not None and reused.final.usage.cached_tokens == 20 + 8 - 1
@@ -63,9 +56,9 @@ async def test_second_turn_reuses_the_first_and_matches_a_stateless_run(
 
 async def test_a_diverging_turn_reuses_only_the_shared_prefix(engine: Engine) -> None:
     model = engine.model
-    prompt = _ids(30, seed=3)
+    prompt = random_ids(30, seed=3)
     await collect(engine, text_request(model, prompt, _greedy(4), session_id="s"))
-    edited = prompt[:12] + _ids(9, seed=4)
+    edited = prompt[:12] + random_ids(9, seed=4)
     reused = await collect(engine, text_request(model, edited, _greedy(10), session_id="s"))
     stateless = await collect(engine, text_request(model, edited, _greedy(10)))
     assert reused.final.usage is not None and reused.final.usage.cached_tokens == 12
@@ -89,9 +82,9 @@ def _image_request(
 
 async def test_image_positions_match_by_image_key(engine: Engine) -> None:
     model = engine.model
-    text = _ids(12, seed=5)
+    text = random_ids(12, seed=5)
     first = await collect(engine, _image_request(model, text, image_seed=1, n=6, session_id="img"))
-    follow = text + first.token_ids + _ids(5, seed=6)
+    follow = text + first.token_ids + random_ids(5, seed=6)
     same = await collect(engine, _image_request(model, follow, image_seed=1, n=8, session_id="img"))
     assert same.final.usage is not None and same.final.usage.cached_tokens == 18 + 6 - 1
     assert same.final.usage.image_tokens == 6
@@ -103,10 +96,10 @@ async def test_image_positions_match_by_image_key(engine: Engine) -> None:
 
 async def test_reuse_is_exact_while_batched_with_other_requests(engine: Engine) -> None:
     model = engine.model
-    prompt = _ids(16, seed=7)
+    prompt = random_ids(16, seed=7)
     first = await collect(engine, text_request(model, prompt, _greedy(6), session_id="b"))
-    follow = prompt + first.token_ids + _ids(4, seed=8)
-    others = [text_request(model, _ids(5 + 9 * i, seed=20 + i), _greedy(15)) for i in range(3)]
+    follow = prompt + first.token_ids + random_ids(4, seed=8)
+    others = [text_request(model, random_ids(5 + 9 * i, seed=20 + i), _greedy(15)) for i in range(3)]
     reused, *_ = await asyncio.gather(
         collect(engine, text_request(model, follow, _greedy(15), session_id="b")),
         *(collect(engine, r) for r in others),
@@ -120,7 +113,7 @@ async def test_session_cache_is_bounded_lru(hf_model: Any) -> None:
     engine.start()
     try:
         model = engine.model
-        a, b = _ids(10, seed=9), _ids(10, seed=10)
+        a, b = random_ids(10, seed=9), random_ids(10, seed=10)
         a_out = await collect(engine, text_request(model, a, _greedy(3), session_id="a"))
         await collect(engine, text_request(model, b, _greedy(3), session_id="b"))  # evicts "a"
         again = await collect(engine, text_request(model, a + a_out.token_ids, _greedy(3), session_id="a"))
@@ -134,9 +127,9 @@ async def test_reused_prefix_then_a_chunked_suffix_is_exact(hf_model: Any) -> No
     engine = Engine(CausalLMAdapter(hf_model), byte_level_tokenizer(300), config, [EOS])
     engine.start()
     try:
-        prompt = _ids(13, seed=30)
+        prompt = random_ids(13, seed=30)
         first = await collect(engine, text_request(engine.model, prompt, _greedy(5), session_id="c"))
-        follow = prompt + first.token_ids + _ids(11, seed=31)
+        follow = prompt + first.token_ids + random_ids(11, seed=31)
         reused = await collect(engine, text_request(engine.model, follow, _greedy(9), session_id="c"))
     finally:
         engine.stop()

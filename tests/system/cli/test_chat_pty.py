@@ -13,14 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
-from vlm.v1 import gateway_pb2, gateway_pb2_grpc
+from vlm.v1 import gateway_pb2
 
 from tests.support import ROOT
+from tests.support.gateway_server import threaded_gateway
 from tests.system.cli.test_remote import FakeGateway
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal tests run on Linux")
@@ -49,14 +48,8 @@ class SlowGateway(FakeGateway):
 @pytest.fixture
 def gateway() -> Iterator[tuple[SlowGateway, str]]:
     fake = SlowGateway()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield fake, f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+    with threaded_gateway(fake) as address:
+        yield fake, address
 
 
 class Terminal:

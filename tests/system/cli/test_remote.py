@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -13,6 +12,7 @@ import pytest
 from vlm.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from tandem.cli import build_parser, main
+from tests.support.gateway_server import threaded_gateway
 
 
 class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
@@ -59,14 +59,8 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
 @pytest.fixture
 def gateway() -> Iterator[tuple[FakeGateway, str]]:
     fake = FakeGateway()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield fake, f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+    with threaded_gateway(fake) as address:
+        yield fake, address
 
 
 def run(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.support import ROOT
+from tests.support.up_process import alive, tandem_argv, tandem_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,17 +29,10 @@ READY = "Press Ctrl-C to stop."
 STOPPED_WITHIN = 8.0  # seconds; about 1.5 on an idle machine
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'protos'}", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("TANDEM_MODEL", None)
-    return env
-
-
 def _up_command(log_dir: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "tandem.cli", "up",
-        "--grpc-port", "0", "--http-port", "0", "--device", "cpu", "--log-dir", str(log_dir),
-    ]  # fmt: skip
+    return tandem_argv(
+        "up", "--grpc-port", "0", "--http-port", "0", "--device", "cpu", "--log-dir", str(log_dir)
+    )
 
 
 class Group:
@@ -48,7 +42,7 @@ class Group:
     def __init__(self, argv: list[str], output: Path):
         with open(output, "wb") as out:
             self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT, start_new_session=True
+                argv, stdout=out, stderr=subprocess.STDOUT, env=tandem_env(), cwd=ROOT, start_new_session=True
             )
         self.output = output
         self.family: list[psutil.Process] = []
@@ -68,7 +62,7 @@ class Group:
         return [" ".join(p.cmdline()) for p in self.family]
 
     def alive(self) -> list[psutil.Process]:
-        return [p for p in self.family if _alive(p)]
+        return [p for p in self.family if alive(p)]
 
     def wait_all_gone(self, timeout: float) -> float:
         """Seconds until no process of the family is left; fails after ``timeout``."""
@@ -91,13 +85,6 @@ class Group:
         for process in self.alive():
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture

@@ -10,23 +10,20 @@ every process is killed at the end, whatever happened.
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
-import psutil
 import pytest
 from vlm.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from tests.support import ROOT
+from tests.support.up_process import READY, Up, running_up
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,80 +31,27 @@ pytestmark = [
 ]
 
 T = TypeVar("T")
-READY = re.compile(r"^Tandem is ready: gRPC gateway at ([\d.]+):(\d+)")
 PID = re.compile(r"^\s+(\w+)\s+(?:starting\.\.\. \(pid|SERVING at \S+ \(.*pid|restarted \(pid) (\d+)")
-
-
-class Up:
-    """``tandem up`` as a subprocess; its output lines are collected by a thread."""
-
-    def __init__(self, tmp_path: Path):
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'protos'}", "TOKENIZERS_PARALLELISM": "false"}
-        env.pop("TANDEM_MODEL", None)
-        argv = [
-            sys.executable, "-m", "tandem.cli", "up", "--device", "cpu", "--grpc-port", "0",
-            "--http-port", "-1", "--data-dir", str(tmp_path / "data"), "--log-dir", str(tmp_path / "logs"),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float) -> re.Match[str]:
-        compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None:
-                    break
-                continue
-            self.seen.append(line)
-            if match := compiled.search(line):
-                return match
-        raise AssertionError(f"no line matching {compiled.pattern!r}; output:\n" + "\n".join(self.seen))
-
-    def pids(self) -> dict[str, int]:
-        """The pid of each process as the output last named it."""
-        found: dict[str, int] = {}
-        for line in self.seen:
-            if match := PID.search(line):
-                found[match.group(1)] = int(match.group(2))
-        return found
 
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
-    running = Up(tmp_path)
-    try:
+    """``tandem up`` with the default model, its state kept in ``tmp_path``."""
+    argv = [
+        "--device", "cpu", "--grpc-port", "0", "--http-port", "-1",
+        "--data-dir", str(tmp_path / "data"), "--log-dir", str(tmp_path / "logs"),
+    ]  # fmt: skip
+    with running_up(argv, grace=30) as running:
         yield running
-    finally:
-        family = _family(running.process.pid)
-        if running.process.poll() is None:
-            running.process.send_signal(signal.SIGTERM)
-            try:
-                running.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-                running.process.wait()
-        for process in family + _family(running.process.pid):
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                process.kill()
 
 
-def _family(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+def _pids(up: Up) -> dict[str, int]:
+    """The pid of each process as the output last named it."""
+    found: dict[str, int] = {}
+    for line in up.seen:
+        if match := PID.search(line):
+            found[match.group(1)] = int(match.group(2))
+    return found
 
 
 def _eventually(what: str, call: Callable[[], T], within: float) -> T:
@@ -141,7 +85,7 @@ class Client:
 
 
 def _kill(up: Up, name: str) -> None:
-    os.kill(up.pids()[name], signal.SIGKILL)
+    os.kill(_pids(up)[name], signal.SIGKILL)
     up.wait_for(rf"^\s+{name}\s+exited \(code -9\); restarting in 1 s", timeout=15)
     up.wait_for(rf"^\s+{name}\s+restarted \(pid \d+", timeout=30)
 

@@ -4,79 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
+from tandem.default_model import CHECKPOINT
 from tests.support import ROOT
-
-READY = re.compile(r"^Tandem is ready: gRPC gateway at ([\d.]+):(\d+)")
+from tests.support.up_process import READY, Up, alive, descendants, running_up, tandem_argv, tandem_env
 
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'protos'}", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _tandem(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "tandem.cli", *argv]
-
-
-class Up:
-    """A running ``tandem up`` whose output lines are collected by a reader thread."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
-        self.process = subprocess.Popen(
-            _tandem("up", *argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env or _env(),
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            if match := pattern.search(line):
-                return match
-        raise AssertionError("tandem up did not get there; output:\n" + "\n".join(self.seen))
-
-    def drain(self) -> str:
-        if self.process.poll() is not None:
-            self.reader.join(timeout=10)  # the pipe is closed: read to its end
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return "\n".join(self.seen)
 
 
 def _check_openai_http(base_url: str, image: Path) -> None:
@@ -95,42 +38,18 @@ def _check_openai_http(base_url: str, image: Path) -> None:
     assert reply["usage"]["completion_tokens"] == 4
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.fixture
 def up(checkpoint, tmp_path: Path) -> Iterator[Up]:  # type: ignore[no-untyped-def]
     model = checkpoint("llava")
     argv = ["--model", str(model), "--grpc-port", "0", "--http-port", "0", "--device", "cpu"]
-    running = Up([*argv, "--log-dir", str(tmp_path / "logs")])
-    family = _descendants(running.process.pid)
-    try:
+    with running_up([*argv, "--log-dir", str(tmp_path / "logs")]) as running:
         yield running
-    finally:
-        family += _descendants(running.process.pid)
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
-        for process in family:
-            if _alive(process):
-                process.kill()
 
 
 def test_up_serves_a_request_and_stops_cleanly(up: Up) -> None:
     match = up.wait_for(READY, timeout=240)
     address = f"{match.group(1)}:{match.group(2)}"
-    children = _descendants(up.process.pid)
+    children = descendants(up.process.pid)
     names = " ".join(" ".join(c.cmdline()) for c in children)
     for expected in ("vision_service", "llm_service", "-m gateway", "redis-server"):
         assert expected in names, names
@@ -140,7 +59,7 @@ def test_up_serves_a_request_and_stops_cleanly(up: Up) -> None:
 
     image = ROOT / "examples" / "shapes.png"
     generate = subprocess.run(
-        _tandem(
+        tandem_argv(
             "generate",
             "--address",
             address,
@@ -153,7 +72,7 @@ def test_up_serves_a_request_and_stops_cleanly(up: Up) -> None:
         ),
         capture_output=True,
         text=True,
-        env=_env(),
+        env=tandem_env(),
         timeout=120,
     )
     assert generate.returncode == 0, generate.stderr
@@ -164,10 +83,10 @@ def test_up_serves_a_request_and_stops_cleanly(up: Up) -> None:
         _check_openai_http(http.group(1), image)
 
     bad = subprocess.run(
-        _tandem("generate", "--address", address, "--image", str(ROOT / "pyproject.toml"), "describe"),
+        tandem_argv("generate", "--address", address, "--image", str(ROOT / "pyproject.toml"), "describe"),
         capture_output=True,
         text=True,
-        env=_env(),
+        env=tandem_env(),
         timeout=120,
     )
     assert bad.returncode == 1
@@ -182,34 +101,24 @@ def test_up_serves_a_request_and_stops_cleanly(up: Up) -> None:
         < output.index("llm      stopping")
         < output.index("redis    stopped")
     )
-    lingering = [" ".join(c.cmdline()) for c in children if _alive(c)]
+    lingering = [" ".join(c.cmdline()) for c in children if alive(c)]
     assert not lingering, lingering
 
 
 def test_up_exits_non_zero_with_the_log_when_a_service_fails(tmp_path: Path) -> None:
-    model = tmp_path / "unknown-model"
-    model.mkdir()
-    (model / "config.json").write_text(
-        '{"architectures": ["FrobnicatorForConditionalGeneration"], "vision_config": {}}'
-    )
-    running = Up(
-        ["--model", str(model), "--grpc-port", "0", "--device", "cpu", "--log-dir", str(tmp_path / "logs")]
-    )
-    family: list[psutil.Process] = []
-    try:
-        family = _descendants(running.process.pid)
+    # A checkpoint that passes `tandem up`'s own checks (a known family) but whose weights do
+    # not load: the services fail while starting, not `tandem up`'s argument checks.
+    model = tmp_path / "broken-weights"
+    shutil.copytree(CHECKPOINT, model)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    argv = ["--model", str(model), "--grpc-port", "0", "--device", "cpu", "--log-dir", str(tmp_path / "logs")]
+    with running_up(argv) as running:
         assert running.process.wait(timeout=180) == 1
         output = running.drain()
         assert "during start-up; last lines of" in output
         tail = output.split("during start-up; last lines of", 1)[1]
         assert re.search(r"(?i)error", tail), tail  # the service's own error, from its log
         assert "Tandem stopped." in output
-    finally:
-        if running.process.poll() is None:
-            running.process.kill()
-        for process in family:
-            if _alive(process):
-                process.kill()
 
 
 def _readme_example() -> tuple[list[str], str]:
@@ -223,18 +132,16 @@ def _readme_example() -> tuple[list[str], str]:
 def test_up_serves_the_default_model_with_the_readme_answers(tmp_path: Path) -> None:
     """No --model: the shipped default model answers the README's questions as the README says."""
     argv, answer = _readme_example()
-    env = {name: value for name, value in _env().items() if name != "TANDEM_MODEL"}
-    running = Up(["--grpc-port", "0", "--http-port", "-1", "--log-dir", str(tmp_path / "logs")], env)
-    family = _descendants(running.process.pid)
-    try:
+    argv_up = ["--grpc-port", "0", "--http-port", "-1", "--log-dir", str(tmp_path / "logs")]
+    with running_up(argv_up) as running:
         match = running.wait_for(READY, timeout=240)
         assert "Tandem's default model" in running.drain()
         address = f"{match.group(1)}:{match.group(2)}"
         done = subprocess.run(
-            _tandem(argv[0], "--address", address, *argv[1:]),
+            tandem_argv(argv[0], "--address", address, *argv[1:]),
             capture_output=True,
             text=True,
-            env=_env(),
+            env=tandem_env(),
             cwd=ROOT,
             timeout=120,
         )
@@ -257,14 +164,3 @@ def test_up_serves_the_default_model_with_the_readme_answers(tmp_path: Path) -> 
             "The blue shape is a square.",
         )
         assert f"# {colour}" in readme and f"# {where}" in readme
-    finally:
-        family += _descendants(running.process.pid)
-        if running.process.poll() is None:
-            running.process.send_signal(signal.SIGTERM)
-            try:
-                running.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-        for process in family:
-            if _alive(process):
-                process.kill()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -48,15 +47,6 @@ def test_breaker_state_machine() -> None:
     breaker.record_success()  # the trial succeeded: closed
     assert not breaker.is_open
     assert breaker.allow() and breaker.allow()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[LocalRedis]:
-    server = LocalRedis().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_redis_store_round_trip(private_redis: LocalRedis) -> None:

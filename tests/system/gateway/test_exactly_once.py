@@ -5,11 +5,9 @@ replays a turn; a request id reused with another input is refused, not replayed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import aiohttp
 import grpc
-import pytest
 import redis.asyncio as aioredis
 from vlm.v1 import gateway_pb2
 
@@ -17,16 +15,6 @@ from tandem.redis_local import LocalRedis
 from tests.support.fake_system import StartSystem, System, chat, new_session, status_of, text
 
 FREEZE_SECONDS = 2
-
-
-@pytest.fixture
-def private_redis() -> Iterator[LocalRedis]:
-    """A Redis of this test's own: it is frozen on purpose."""
-    server = LocalRedis().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def history(system: System, sid: str) -> int:

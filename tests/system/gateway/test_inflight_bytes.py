@@ -19,10 +19,8 @@ from vlm.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.inflight import InflightBytes
 from gateway.messages import Chunk
 from gateway.servicer import GatewayServicer
-from tandem.serving.bootstrap import GrpcServer, channel_options
-from tandem.serving.config import ServerConfig
+from tests.support.gateway_server import served_gateway
 
-SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 MIB = 1 << 20
 
 
@@ -50,15 +48,8 @@ class HeldGateway:
 async def served() -> AsyncIterator[tuple[HeldGateway, gateway_pb2_grpc.GatewayServiceStub]]:
     fake = HeldGateway()
     servicer = GatewayServicer(fake, InflightBytes(3 * MIB, wait_seconds=0.2))  # type: ignore[arg-type]
-
-    def register(server: aio.Server) -> None:
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
-
-    server = GrpcServer(ServerConfig(port=0, grace_seconds=0.1), [register], [SERVICE])
-    port = await server.start()
-    async with aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(64 << 20)) as channel:
-        yield fake, gateway_pb2_grpc.GatewayServiceStub(channel)
-    await server.drain()
+    async with served_gateway(servicer) as stub:
+        yield fake, stub
 
 
 def _generate(size: int) -> gateway_pb2.GenerateRequest:

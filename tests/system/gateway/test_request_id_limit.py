@@ -19,10 +19,7 @@ from gateway.convert import MAX_REQUEST_ID_LENGTH, request_id_from_pb
 from gateway.messages import Chunk
 from gateway.servicer import GatewayServicer
 from tandem.errors import InvalidInput
-from tandem.serving.bootstrap import GrpcServer, channel_options
-from tandem.serving.config import ServerConfig
-
-SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+from tests.support.gateway_server import served_gateway
 
 
 class RecordingGateway:
@@ -46,15 +43,8 @@ class RecordingGateway:
 async def served() -> AsyncIterator[tuple[RecordingGateway, gateway_pb2_grpc.GatewayServiceStub]]:
     fake = RecordingGateway()
     servicer = GatewayServicer(fake)  # type: ignore[arg-type]
-
-    def register(server: aio.Server) -> None:
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
-
-    server = GrpcServer(ServerConfig(port=0, grace_seconds=0.1), [register], [SERVICE])
-    port = await server.start()
-    async with aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(64 << 20)) as channel:
-        yield fake, gateway_pb2_grpc.GatewayServiceStub(channel)
-    await server.drain()
+    async with served_gateway(servicer) as stub:
+        yield fake, stub
 
 
 def _generate(request_id: str) -> gateway_pb2.GenerateRequest:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,18 +24,6 @@ def answer(text: str, request_id: str = "") -> CommittedTurn:
 
 def user(text: str, *images: str) -> Message:
     return Message("user", (*(ImageRef(i, 4) for i in images), text))
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def store(request: pytest.FixtureRequest, redis_server: LocalRedis) -> AsyncIterator[SessionStore]:
-    if request.param == "redis":
-        made: SessionStore = RedisSessionStore.connect(redis_server.url, f"t{uuid.uuid4().hex[:8]}")
-    else:
-        made = MemorySessionStore()
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 def sessions_on(store: SessionStore, **settings: float) -> Sessions:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from vlm.v1 import gateway_pb2
 
 from gateway.messages import ImageRef, Message, Usage
-from gateway.session_memory import MemorySessionStore
 from gateway.session_redis import RedisSessionStore
 from gateway.sessions import CommittedTurn, Sessions, SessionSettings, SessionStore
 from tandem.errors import InvalidInput, Overloaded
@@ -21,18 +19,6 @@ from tandem.redis_local import LocalRedis
 from tests.support.fake_system import StartSystem, collect, image, status_of, text, user
 
 IMAGE = "cd" * 32
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def store(request: pytest.FixtureRequest, redis_server: LocalRedis) -> AsyncIterator[SessionStore]:
-    if request.param == "redis":
-        made: SessionStore = RedisSessionStore.connect(redis_server.url, f"t{uuid.uuid4().hex[:8]}")
-    else:
-        made = MemorySessionStore()
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 async def test_a_large_system_prompt_is_refused(store: SessionStore) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,26 +58,30 @@ class Served:
         self.stub = llm_pb2_grpc.LanguageServiceStub(channel)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def llava(checkpoint, redis_server) -> AsyncIterator[Served]:  # type: ignore[no-untyped-def]
-    app = LanguageApp(LlmConfig(model=str(checkpoint("llava")), redis_url=redis_server.url, port=0))
+@contextlib.asynccontextmanager
+async def serve(config: LlmConfig) -> AsyncIterator[Served]:
+    """A started ``LanguageApp`` for ``config`` and a stub on it; stopped at the end."""
+    app = LanguageApp(config)
     port = await app.start()
     try:
         async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield Served(app, channel)
     finally:
         await app.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def llava(checkpoint, redis_server) -> AsyncIterator[Served]:  # type: ignore[no-untyped-def]
+    config = LlmConfig(model=str(checkpoint("llava")), redis_url=redis_server.url, port=0)
+    async with serve(config) as served:
+        yield served
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def small_context(checkpoint) -> AsyncIterator[Served]:  # type: ignore[no-untyped-def]
-    app = LanguageApp(LlmConfig(model=str(checkpoint("qwen2")), port=0, context_length=64, max_batch_size=2))
-    port = await app.start()
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Served(app, channel)
-    finally:
-        await app.stop()
+    config = LlmConfig(model=str(checkpoint("qwen2")), port=0, context_length=64, max_batch_size=2)
+    async with serve(config) as served:
+        yield served
 
 
 def inline_ref(fingerprint: str, features: torch.Tensor, image_id: str = "12" * 32) -> common_pb2.ImageRef:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import socket
 import urllib.request
@@ -22,7 +23,7 @@ import pytest_asyncio
 from grpc import aio
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
-from vlm.v1 import gateway_pb2_grpc
+from vlm.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from gateway.app import GatewayApp
 from gateway.config import GatewayConfig
@@ -32,6 +33,7 @@ from tandem.redis_local import LocalRedis
 from tandem.serving.bootstrap import channel_options
 from tandem.serving.logs import RequestIdFilter
 from tandem.serving.tracing import Tracing
+from tandem.testing.checkpoints import make_test_image
 from vision_service.app import VisionApp
 from vision_service.config import VisionConfig
 
@@ -80,6 +82,23 @@ def http(
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.status, dict(response.headers), response.read()
+
+
+def png(seed: int, size: tuple[int, int]) -> bytes:
+    """A generated test picture of ``size`` as PNG bytes, the same for the same ``seed``."""
+    out = io.BytesIO()
+    make_test_image(seed, size).save(out, format="PNG")
+    return out.getvalue()
+
+
+def generate_request(image: bytes | None, text: str, max_new_tokens: int) -> gateway_pb2.GenerateRequest:
+    """One user message: ``image`` (when given), then ``text``."""
+    parts = [gateway_pb2.Part(text=text)]
+    if image is not None:
+        parts.insert(0, gateway_pb2.Part(image=gateway_pb2.ImageSource(data=image)))
+    message = gateway_pb2.ChatMessage(role=common_pb2.ROLE_USER, parts=parts)
+    sampling = common_pb2.SamplingParams(max_new_tokens=max_new_tokens)
+    return gateway_pb2.GenerateRequest(messages=[message], sampling=sampling)
 
 
 @dataclass

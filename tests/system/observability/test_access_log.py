@@ -5,33 +5,18 @@ gateway, the vision service and the language service; a request without one gets
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 
 import pytest
-from vlm.v1 import common_pb2, gateway_pb2
+from vlm.v1 import gateway_pb2
 
 from tandem.serving.logs import ACCESS_LOGGER
-from tandem.testing.checkpoints import make_test_image
-from tests.system.observability.conftest import Observed, http
+from tests.system.observability.conftest import Observed, generate_request, http, png
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 SERVICES = ("gateway", "vision_service", "llm_service", "tandem")
-
-
-def _request(seed: int) -> gateway_pb2.GenerateRequest:
-    out = io.BytesIO()
-    make_test_image(seed, (48, 48)).save(out, format="PNG")
-    parts = [
-        gateway_pb2.Part(image=gateway_pb2.ImageSource(data=out.getvalue())),
-        gateway_pb2.Part(text="Hi"),
-    ]
-    message = gateway_pb2.ChatMessage(role=common_pb2.ROLE_USER, parts=parts)
-    return gateway_pb2.GenerateRequest(
-        messages=[message], sampling=common_pb2.SamplingParams(max_new_tokens=3)
-    )
 
 
 def _access(records: list[logging.LogRecord], request_id: str) -> dict[str, dict[str, object]]:
@@ -46,7 +31,11 @@ async def test_grpc_request_id_is_echoed_and_on_every_hop(
     observed: Observed, logs: pytest.LogCaptureFixture
 ) -> None:
     request_id = "obs-grpc-7f3a"
-    call = observed.stub.Generate(_request(201), metadata=(("x-request-id", request_id),), timeout=60)
+    call = observed.stub.Generate(
+        generate_request(png(201, (48, 48)), "Hi", max_new_tokens=3),
+        metadata=(("x-request-id", request_id),),
+        timeout=60,
+    )
     responses = [r async for r in call]
     assert dict(await call.initial_metadata())["x-request-id"] == request_id
 

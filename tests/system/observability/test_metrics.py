@@ -5,14 +5,12 @@ that moved by exactly what the requests did."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 
 import pytest
-from vlm.v1 import common_pb2, gateway_pb2
+from vlm.v1 import gateway_pb2
 
-from tandem.testing.checkpoints import make_test_image
-from tests.system.observability.conftest import Observed, Scrape, http
+from tests.system.observability.conftest import Observed, Scrape, generate_request, http, png
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -51,22 +49,6 @@ TYPES = {
 }
 
 
-def _png(seed: int) -> bytes:
-    out = io.BytesIO()
-    make_test_image(seed, (64, 48)).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _request(image: bytes | None, text: str) -> gateway_pb2.GenerateRequest:
-    parts = [gateway_pb2.Part(text=text)]
-    if image is not None:
-        parts.insert(0, gateway_pb2.Part(image=gateway_pb2.ImageSource(data=image)))
-    message = gateway_pb2.ChatMessage(role=common_pb2.ROLE_USER, parts=parts)
-    return gateway_pb2.GenerateRequest(
-        messages=[message], sampling=common_pb2.SamplingParams(max_new_tokens=4)
-    )
-
-
 async def _generate(observed: Observed, request: gateway_pb2.GenerateRequest) -> gateway_pb2.GenerateResponse:
     responses = [r async for r in observed.stub.Generate(request, timeout=60)]
     return responses[-1]
@@ -78,9 +60,10 @@ def _moved(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
 
 async def test_a_scrape_shows_what_grpc_http_and_a_cached_image_did(observed: Observed) -> None:
     before = await observed.scrape_all()
-    image = _png(101)
-    first = await _generate(observed, _request(image, "What is this?"))
-    again = await _generate(observed, _request(image, "And now?"))  # same bytes: a cache hit
+    image = png(101, (64, 48))
+    first = await _generate(observed, generate_request(image, "What is this?", max_new_tokens=4))
+    # the same bytes again: a cache hit
+    again = await _generate(observed, generate_request(image, "And now?", max_new_tokens=4))
     status, _, body = await asyncio.to_thread(
         http,
         "POST",

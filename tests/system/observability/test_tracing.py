@@ -4,30 +4,14 @@ the W3C context carried in gRPC metadata and every span's parent the span that c
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from vlm.v1 import common_pb2, gateway_pb2
 
-from tandem.testing.checkpoints import make_test_image
-from tests.system.observability.conftest import Observed, http
+from tests.system.observability.conftest import Observed, generate_request, http, png
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
-
-
-def _request(seed: int) -> gateway_pb2.GenerateRequest:
-    out = io.BytesIO()
-    make_test_image(seed, (40, 56)).save(out, format="PNG")
-    parts = [
-        gateway_pb2.Part(image=gateway_pb2.ImageSource(data=out.getvalue())),
-        gateway_pb2.Part(text="Hi"),
-    ]
-    message = gateway_pb2.ChatMessage(role=common_pb2.ROLE_USER, parts=parts)
-    return gateway_pb2.GenerateRequest(
-        messages=[message], sampling=common_pb2.SamplingParams(max_new_tokens=2)
-    )
 
 
 def _service(span: Any) -> str:
@@ -45,7 +29,11 @@ def _child_of(span: Any, parent: Any) -> bool:
 
 async def test_a_request_is_one_trace_across_the_three_services(observed: Observed) -> None:
     observed.spans.clear()
-    call = observed.stub.Generate(_request(401), metadata=(("x-request-id", "obs-trace-1"),), timeout=60)
+    call = observed.stub.Generate(
+        generate_request(png(401, (40, 56)), "Hi", max_new_tokens=2),
+        metadata=(("x-request-id", "obs-trace-1"),),
+        timeout=60,
+    )
     [r async for r in call]
     spans = observed.spans.get_finished_spans()
     root = _one(spans, "tandem-gateway", "vlm.v1.GatewayService/Generate")

@@ -141,7 +141,7 @@ async def test_error_after_the_stream_started_is_an_sse_error(served: tuple[Fake
         (_body("overload"), 429, "overloaded"),
         (_body("bad image"), 400, "invalid_value"),
         (_body("overload", stream=True), 429, "overloaded"),  # before any output: a real status
-        ({**_body("hi"), "model": "other"}, 404, "not_found"),
+        ({**_body("hi"), "model": "other"}, 404, "model_not_found"),
         (_body("hi", session_id="0" * 32), 404, "not_found"),
         (_body("hi", n=3), 400, "invalid_value"),
         (_body("hi", tools=[{"type": "function"}]), 400, "invalid_value"),

@@ -58,32 +58,30 @@ async def _until_closed(reader: asyncio.StreamReader, limit: float) -> tuple[byt
     return data, time.monotonic() - started
 
 
-async def test_a_body_sent_one_byte_at_a_time_is_cut_with_408(port: int) -> None:
+async def _trickled(port: int, at_once: bytes, one_by_one: bytes) -> tuple[bytes, float]:
+    """Send ``at_once``, then ``one_by_one`` a byte every 0.1 s: what the server sent before it
+    closed the connection, and how long that took."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_head(len(BODY)))
+    writer.write(at_once)
     stop = asyncio.Event()
-    trickle = asyncio.create_task(_trickle(writer, BODY, 0.1, stop))
+    trickle = asyncio.create_task(_trickle(writer, one_by_one, 0.1, stop))
     try:
-        data, took = await _until_closed(reader, 10 * READ_TIMEOUT)
+        return await _until_closed(reader, 10 * READ_TIMEOUT)
     finally:
         stop.set()
         await trickle
         writer.close()
+
+
+async def test_a_body_sent_one_byte_at_a_time_is_cut_with_408(port: int) -> None:
+    data, took = await _trickled(port, _head(len(BODY)), BODY)
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert b"did not arrive within 1 s" in data
     assert READ_TIMEOUT * 0.9 <= took < READ_TIMEOUT * 4
 
 
 async def test_headers_sent_one_byte_at_a_time_are_cut(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    stop = asyncio.Event()
-    trickle = asyncio.create_task(_trickle(writer, _head(len(BODY)), 0.1, stop))
-    try:
-        data, took = await _until_closed(reader, 10 * READ_TIMEOUT)
-    finally:
-        stop.set()
-        await trickle
-        writer.close()
+    data, took = await _trickled(port, b"", _head(len(BODY)))
     assert data == b"" and took < READ_TIMEOUT * 4  # closed without an answer
 
 

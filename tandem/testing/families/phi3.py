@@ -1,0 +1,5 @@
+"""The ``"phi3"`` tiny checkpoint (see ``text_decoders``)."""
+
+from tandem.testing.families.text_decoders import build_phi3 as build
+
+__all__ = ["build"]
