@@ -83,8 +83,17 @@ class VisionAdapter(ABC):
         return int(getattr(self.config.get_text_config(), "max_position_embeddings", 0) or 0)
 
     def dummy_image(self) -> Image.Image:
-        """A plain image that exercises preprocessing and the forward (warm-up, profiling, tests)."""
-        return Image.new("RGB", (224, 224), (127, 127, 127))
+        """A plain image that exercises preprocessing and the forward (warm-up, profiling, tests):
+        the tower's own input size when the config has one."""
+        size = int(getattr(self.config.vision_config, "image_size", 224) or 224)
+        return Image.new("RGB", (size, size), (127, 127, 127))
+
+    def forward_stacked(self, batch: list[Pixels]) -> list[torch.Tensor]:
+        """One forward over equally shaped pixels; CPU features per image, in order."""
+        pixels = torch.stack([p.values for p in batch]).to(self.device, self.dtype)
+        with torch.inference_mode():
+            features = self.module(pixels)
+        return list(features.to("cpu").unbind(0))
 
     def fill(self, module: torch.nn.Module, prefixes: Mapping[str, str]) -> torch.nn.Module:
         """Load ``module``'s tensors from the checkpoint (``prefixes``: checkpoint -> module)."""

@@ -59,11 +59,4 @@ class Gemma3Adapter(VisionAdapter):
         return Pixels(self.processor(images=[image], return_tensors="pt")["pixel_values"][0])
 
     def encode(self, batch: list[Pixels]) -> list[torch.Tensor]:
-        pixels = torch.stack([p.values for p in batch]).to(self.device, self.dtype)
-        with torch.inference_mode():
-            features = self.module(pixels)
-        return list(features.to("cpu").unbind(0))
-
-    def dummy_image(self) -> Image.Image:
-        size = int(self.config.vision_config.image_size)
-        return Image.new("RGB", (size, size), (127, 127, 127))
+        return self.forward_stacked(batch)  # one fixed input size: a batch simply stacks

@@ -85,11 +85,4 @@ class LlavaAdapter(VisionAdapter):
         shapes = {p.values.shape for p in batch}
         if len(shapes) > 1:  # a processor that keeps sizes: one forward per image
             return [self.encode([p])[0] for p in batch]
-        pixels = torch.stack([p.values for p in batch]).to(self.device, self.dtype)
-        with torch.inference_mode():
-            features = self.module(pixels)
-        return list(features.to("cpu").unbind(0))
-
-    def dummy_image(self) -> Image.Image:
-        size = int(self.config.vision_config.image_size)
-        return Image.new("RGB", (size, size), (127, 127, 127))
+        return self.forward_stacked(batch)
