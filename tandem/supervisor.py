@@ -107,7 +107,7 @@ class Supervisor:
     def _tend(self, process: Supervised, record: _Record) -> None:
         now = self.clock()
         if record.restart_at is not None:
-            if now >= record.restart_at:
+            if now >= record.restart_at and not self.stop_event.is_set():
                 self._restart(process, record)
             return
         code = process.exit_code()

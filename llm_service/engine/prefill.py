@@ -81,6 +81,8 @@ def block_ids(jobs: list[PrefillJob], mask: torch.Tensor) -> torch.Tensor | None
     Columns line up with ``padded_inputs``' mask: a row's ``take`` new positions are its last
     columns. Blocks never straddle a chunk boundary (``chunk_take``), so cached columns are -1.
     """
+    if not any(job.seq.request.attention_blocks for job in jobs):
+        return None  # the common case: no family asked for blocks
     ids = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
     for row, job in enumerate(jobs):
         first = mask.shape[1] - job.take  # column of prompt position job.done

@@ -7,16 +7,12 @@ plain scripts, from threads and from programs (notebooks) that already run an ev
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-
-# How long an interrupted call may take to unwind on the loop before the caller moves on.
-_CANCEL_WAIT_SECONDS = 5.0
 
 _DONE = object()
 
@@ -63,16 +59,11 @@ class LoopThread:
         if not self.running:
             coro.close()
             raise RuntimeError("the pipeline is closed")
-        future: concurrent.futures.Future[T] | None = None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
             return future.result()
         except BaseException:
-            if future is not None:
-                # Let the cancelled coroutine unwind before anything else runs on the loop: an
-                # iterator's ``aclose`` must not start while its ``__anext__`` is still running.
-                future.cancel()
-                concurrent.futures.wait([future], timeout=_CANCEL_WAIT_SECONDS)
+            future.cancel()  # a step of ``iterate`` is also cancelled by ``_close``, in order
             raise
 
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:

@@ -14,6 +14,7 @@ compares the token a caller sent with every key, without stopping at a match, us
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Iterable
@@ -67,9 +68,11 @@ class ApiKeys:
             authorization = authorization.decode("latin-1")
         scheme, _, token = (authorization or "").strip().partition(" ")
         given = token.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else b""
+        given_digest = hashlib.sha256(given).digest()
         found = None
         for tenant, expected in self.entries:  # every key, every time: constant in the match
-            if hmac.compare_digest(given, expected.encode()) and found is None:
+            expected_digest = hashlib.sha256(expected.encode()).digest()  # equal lengths: no length leak
+            if hmac.compare_digest(given_digest, expected_digest) and found is None:
                 found = tenant
         return found
 

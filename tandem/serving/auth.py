@@ -21,6 +21,7 @@ from grpc import aio
 
 from tandem.serving import request_context
 from tandem.serving.api_keys import ANONYMOUS, ApiKeys
+from tandem.serving.handlers import rewrap
 
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 _TENANT: ContextVar[str] = ContextVar("tandem_tenant", default=ANONYMOUS)
@@ -72,19 +73,9 @@ def _bound(behavior: Callable[..., Any], tenant: str) -> Callable[..., Any]:
 
 
 def _with_tenant(handler: grpc.RpcMethodHandler, tenant: str) -> grpc.RpcMethodHandler:
-    codecs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(_bound(handler.unary_unary, tenant), **codecs)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(_bound(handler.unary_stream, tenant), **codecs)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(_bound(handler.stream_unary, tenant), **codecs)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(_bound(handler.stream_stream, tenant), **codecs)
-    return handler
+    return rewrap(
+        handler, unary=lambda b, _kind: _bound(b, tenant), stream=lambda b, _kind: _bound(b, tenant)
+    )
 
 
 class AuthInterceptor(aio.ServerInterceptor):

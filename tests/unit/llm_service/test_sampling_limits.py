@@ -101,7 +101,10 @@ def test_a_row_with_no_possible_token_fails_alone() -> None:
 
 
 def test_scores_are_processed_in_float32() -> None:
-    logits = _logits(2).to(torch.bfloat16)
+    # float16 tops out at 65504: a logit of ~60 times 100 (penalty 0.01) over 0.01 is ~6e5, so the
+    # rows fail if the scores stay in the model's float16 and sample once they are float32.
+    logits = _logits(2).to(torch.float16)
+    assert not torch.isfinite(logits[0].max() * 100 / 0.01)
     rows = [_row(repetition_penalty=0.01), _row(temperature=0.01, seed=3, repetition_penalty=0.01)]
     rows[0].history = rows[1].history = list(range(40))
     assert all(isinstance(t, int) for t in sample(logits, rows))
