@@ -94,6 +94,23 @@ def add_parser(commands: Any) -> None:
         "model, which ships in the package)",
     )
     embedded_redis.add_options(parser)
+    _add_network_options(parser)
+    _add_log_options(parser)
+    _add_lifecycle_options(parser)
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="NAME=TOKEN",
+        help="a public API key of the gateway: calls with `Bearer TOKEN` belong to tenant NAME "
+        "(repeatable; none: no auth, unless TANDEM_API_KEYS, TANDEM_API_KEYS_FILE or "
+        "TANDEM_AUTH_TOKEN are set)",
+    )
+    add_worker_options(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address the gateway listens on (default: %(default)s)"
     )
@@ -112,6 +129,9 @@ def add_parser(commands: Any) -> None:
         default="auto",
         help="where the models run (default: %(default)s)",
     )
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-dir", type=Path, help="folder for the services' logs (default: a new temporary folder)"
     )
@@ -124,6 +144,9 @@ def add_parser(commands: Any) -> None:
         default="text",
         help="log lines of the services: text, or one JSON object each (default: %(default)s)",
     )
+
+
+def _add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--startup-timeout", type=float, default=600.0, help="seconds each service may take to report SERVING"
     )
@@ -139,17 +162,6 @@ def add_parser(commands: Any) -> None:
         help="seconds each service may take to exit after SIGTERM before it is killed "
         "(default: --grace-seconds + 3)",
     )
-    parser.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        metavar="NAME=TOKEN",
-        help="a public API key of the gateway: calls with `Bearer TOKEN` belong to tenant NAME "
-        "(repeatable; none: no auth, unless TANDEM_API_KEYS, TANDEM_API_KEYS_FILE or "
-        "TANDEM_AUTH_TOKEN are set)",
-    )
-    add_worker_options(parser)
-    parser.set_defaults(run=run)
 
 
 def default_model(out: TextIO | None = None) -> str:
