@@ -50,7 +50,7 @@ class LlmConfig(ServiceConfig):
     dtype: str = field(
         default="auto",
         metadata=opt(
-            "weight dtype (auto: the checkpoint's; float16 becomes float32 on CPU)",
+            "weight dtype (auto: the checkpoint's; float32 on a CPU that emulates its half precision)",
             env="TANDEM_LLM_DTYPE",
             choices=DTYPES,
         ),
