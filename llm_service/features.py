@@ -1,8 +1,10 @@
 """Image features for a prompt: the inline record if the caller sent one, else the shared cache.
 
-Every record is validated against this model's fingerprint and hidden size and the image's id
-and token count. A missing (or invalid, hence deleted) cache entry is NOT_FOUND with a message
-the gateway acts on: it re-encodes the image through the vision service and retries.
+Every record is validated against this model's fingerprint and hidden size, the image's id and
+token count, and the family's extra tensors (``Adapter.extras``: exactly those names). A missing
+(or invalid, hence deleted) cache entry is NOT_FOUND with a message the gateway acts on: it
+re-encodes the image through the vision service and retries. An invalid inline record is
+INVALID_ARGUMENT (the sender made it).
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ from tandem.errors import InvalidInput, NotFound
 class FeatureSource:
     """Fetches and validates the embeddings of a request's images (concurrently)."""
 
-    def __init__(self, fingerprint: str, hidden_size: int, cache: EmbeddingCache | None):
+    def __init__(
+        self, fingerprint: str, hidden_size: int, cache: EmbeddingCache | None, extras: tuple[str, ...] = ()
+    ):
         self.fingerprint = fingerprint
         self.hidden_size = hidden_size
         self.cache = cache
+        self.extras = extras
 
     async def fetch(self, images: Sequence[ImageRef]) -> list[Embedding]:
         """One validated embedding per image, in order."""
         return list(await asyncio.gather(*(self._one(image) for image in images)))
 
     async def _one(self, image: ImageRef) -> Embedding:
-        expected = record.Expected(self.fingerprint, self.hidden_size, image.image_id, image.num_tokens)
+        expected = record.Expected(
+            self.fingerprint, self.hidden_size, image.image_id, image.num_tokens, self.extras
+        )
         if image.inline_record:
             try:
                 return decode_inline(image.inline_record, expected)

@@ -51,6 +51,13 @@ class HFLanguageModel:
     ``forward`` returns float32 logits of the last position (as ``generate`` samples from, with
     the config's ``final_logit_softcapping`` applied as its ``*ForCausalLM`` does) and the cache
     it was given (a new one when given None); the cache is updated in place.
+
+    Prefill embeddings wider than the hidden size carry per-layer additions after the hidden
+    columns (``EngineRequest.layer_inputs``): K more blocks of H columns, block k added to the
+    output of decoder layer k. A decoder takes them when its forward has transformers' deepstack
+    arguments (``deepstack_visual_embeds``, ``visual_pos_masks``: Qwen3-VL's text model); every
+    row gets its addition, which is zero at text and padding rows, so the result is HF's, where
+    only image rows are touched.
     """
 
     def __init__(self, module: CausalLM, text_config: Any, position_dims: int):
@@ -65,6 +72,7 @@ class HFLanguageModel:
         parameters = inspect.signature(module.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self._softcap = float(getattr(text_config, "final_logit_softcapping", None) or 0.0)
+        self.takes_layer_inputs = "deepstack_visual_embeds" in parameters and "visual_pos_masks" in parameters
 
     @torch.no_grad()
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -82,6 +90,7 @@ class HFLanguageModel:
         cache = past_key_values if past_key_values is not None else self.new_cache()
         inputs_embeds, position_ids = inputs_embeds.to(self.device, self.dtype), position_ids.to(self.device)
         mask: Any = attention_mask.to(self.device)
+        inputs_embeds, extra = self._layer_inputs(inputs_embeds)
         if blocks is not None:
             mask = block_masks(
                 self.text_config, inputs_embeds, position_ids, mask, cache, blocks.to(self.device)
@@ -92,11 +101,26 @@ class HFLanguageModel:
             attention_mask=mask,
             use_cache=True,
             **{self._cache_kwarg: cache},
+            **extra,
         )
         logits = self.module.lm_head(out.last_hidden_state[:, -1, :])
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits.float(), cache
+
+    def _layer_inputs(self, packed: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The embeddings [B, L, H] and the decoder arguments of the per-layer additions packed
+        after them (see the class docstring); no arguments when there are none."""
+        if packed.shape[-1] == self.hidden_size:
+            return packed, {}
+        if not self.takes_layer_inputs or packed.shape[-1] % self.hidden_size:
+            raise ValueError(
+                f"inputs_embeds of width {packed.shape[-1]}; the hidden size is {self.hidden_size}"
+            )
+        embeds, layers = packed[..., : self.hidden_size].contiguous(), packed[..., self.hidden_size :]
+        rows = torch.ones(packed.shape[:2], dtype=torch.bool, device=packed.device)
+        per_layer = layers.reshape(-1, layers.shape[-1] // self.hidden_size, self.hidden_size).unbind(1)
+        return embeds, {"visual_pos_masks": rows, "deepstack_visual_embeds": list(per_layer)}
 
     def new_cache(self) -> DynamicCache:
         """Full-length layers throughout: sliding-window layers keep every position too (the

@@ -19,10 +19,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import torch
-
 from tandem.metrics import Metrics
-from vision_service.adapters import Pixels, VisionAdapter
+from vision_service.adapters import ImageFeatures, Pixels, VisionAdapter
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ log = logging.getLogger(__name__)
 class _Group:
     pixels: list[Pixels]
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[torch.Tensor]]
+    future: asyncio.Future[list[ImageFeatures]]
 
 
 class EncoderWorker:
@@ -47,7 +45,7 @@ class EncoderWorker:
     def start(self) -> None:
         self._thread.start()
 
-    async def encode(self, pixels: list[Pixels]) -> list[torch.Tensor]:
+    async def encode(self, pixels: list[Pixels]) -> list[ImageFeatures]:
         """Features of ``pixels``, in order (runs on the encoder thread)."""
         if not pixels:
             return []
@@ -104,11 +102,11 @@ class EncoderWorker:
     def _forward(self, groups: list[_Group]) -> None:
         pixels = [p for g in groups for p in g.pixels]
         try:
-            features: list[torch.Tensor] = []
+            features: list[ImageFeatures] = []
             for start in range(0, len(pixels), self.max_batch):
                 chunk = pixels[start : start + self.max_batch]
                 began = time.perf_counter()
-                features += self.adapter.encode(chunk)
+                features += self.adapter.encode_features(chunk)
                 self.metrics.observe("vision_encode_seconds", time.perf_counter() - began)
                 self.metrics.inc("vision_encoder_batches")
                 self.metrics.inc("vision_images_encoded", len(chunk))
@@ -123,7 +121,7 @@ class EncoderWorker:
             offset += len(g.pixels)
 
 
-def _deliver(group: _Group, result: list[torch.Tensor] | Exception) -> None:
+def _deliver(group: _Group, result: list[ImageFeatures] | Exception) -> None:
     def settle() -> None:
         if group.future.done():
             return

@@ -32,8 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-import torch
-
 from tandem.embeddings import record
 from tandem.embeddings.cache import CacheSettings, Embedding, EmbeddingCache
 from tandem.embeddings.ids import image_id_of_async, is_image_id, scoped_image_id
@@ -43,7 +41,7 @@ from tandem.metrics import Metrics
 from tandem.models.checkpoint import resolve
 from tandem.models.fingerprint import fingerprint
 from vision_service import media
-from vision_service.adapters import Pixels, VisionAdapter, load_adapter
+from vision_service.adapters import ImageFeatures, Pixels, VisionAdapter, load_adapter
 from vision_service.config import VisionConfig
 from vision_service.domain import EncodedImage, ImageInput, ImageRef, VisionInfo
 from vision_service.encoder import EncoderWorker
@@ -119,7 +117,9 @@ class VisionService:
             settings = CacheSettings(
                 config.cache_prefix, config.embedding_ttl_seconds, config.image_ttl_seconds
             )
-            cache = EmbeddingCache(store, model_fingerprint, adapter.hidden_size, settings, metrics)
+            cache = EmbeddingCache(
+                store, model_fingerprint, adapter.hidden_size, settings, metrics, adapter.extras
+            )
         service = cls(config, adapter, model_fingerprint, cache, metrics)
         await service.warmup()
         log.info("loaded %s (%s), fingerprint %s", config.model, adapter.architecture, model_fingerprint)
@@ -304,12 +304,13 @@ class VisionService:
                 f"the {rgb.width}x{rgb.height} image cannot be preprocessed for this model"
             ) from exc
 
-    def _embedding(self, image: _Image, pixels: Pixels, features: torch.Tensor) -> Embedding:
+    def _embedding(self, image: _Image, pixels: Pixels, out: ImageFeatures) -> Embedding:
         grid = list(pixels.grid_thw) if pixels.grid_thw is not None else None
-        header, _ = record.make_header(
-            fingerprint=self.fingerprint, image_id=image.image_id, tensor=features, grid_thw=grid
-        )
-        return Embedding(header, features)
+        header = record.header_of(
+            fingerprint=self.fingerprint, image_id=image.image_id, tensor=out.features, grid_thw=grid,
+            extras=out.extras,
+        )  # fmt: skip
+        return Embedding(header, out.features, out.extras)
 
     async def _store(self, image: _Image, embedding: Embedding, wanted: Wanted) -> bool:
         """Write embedding (and new image bytes) unless nobody waits for it any more."""

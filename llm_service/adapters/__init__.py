@@ -6,15 +6,32 @@ from typing import Any
 
 from llm_service.adapters.base import Adapter, ImageSpan, PromptLayout
 from llm_service.adapters.gemma3 import Gemma3Adapter
+from llm_service.adapters.idefics3 import Idefics3Adapter
+from llm_service.adapters.internvl import InternVLAdapter
 from llm_service.adapters.llava import LlavaAdapter
 from llm_service.adapters.llava_next import LlavaNextAdapter
+from llm_service.adapters.llava_onevision import LlavaOnevisionAdapter
 from llm_service.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from llm_service.adapters.qwen2_vl import Qwen2VLAdapter
+from llm_service.adapters.qwen3_vl import Qwen3VLAdapter
+from llm_service.adapters.smolvlm import SmolVLMAdapter
 from llm_service.adapters.text import TextAdapter, text_only_refusal
 
 ADAPTERS: dict[str, type[Adapter]] = {
     name: cls
-    for cls in (Gemma3Adapter, LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, TextAdapter)
+    for cls in (
+        Gemma3Adapter,
+        Idefics3Adapter,
+        InternVLAdapter,
+        LlavaAdapter,
+        LlavaNextAdapter,
+        LlavaOnevisionAdapter,
+        Qwen2VLAdapter,
+        Qwen2_5_VLAdapter,
+        Qwen3VLAdapter,
+        SmolVLMAdapter,
+        TextAdapter,
+    )
     for name in cls.architectures
 }
 

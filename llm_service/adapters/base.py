@@ -13,7 +13,12 @@ call from any thread). Shared code asks it, never branches on the family:
 - ``dummy_image``: a valid image shape for warm-up;
 - ``expander``: a rewrite of the rendered prompt text before tokenising, as the family's
   processor does (e.g. Gemma 3 turns ``<start_of_image>`` into a whole image block);
-- ``attention_blocks``: prompt ranges that attend to each other both ways during prefill.
+- ``attention_blocks``: prompt ranges that attend to each other both ways during prefill;
+- ``extras`` / ``layer_inputs`` / ``dummy_extras``: the named extra tensors of the family's
+  embedding records, and what the prefill adds from them to decoder layers' outputs (Qwen3-VL's
+  deepstack features);
+- ``for_tokenizer``: the adapter bound to the checkpoint's tokenizer, once at load, for a family
+  whose ``layout`` writes tokens that only the tokenizer knows (Idefics3's tile markers).
 """
 
 from __future__ import annotations
@@ -25,20 +30,37 @@ from typing import Any, ClassVar
 import torch
 
 from llm_service.conversation import ImageRef
+from tandem.embeddings.cache import Embedding
 from tandem.errors import InvalidInput
 
 
 @dataclass(frozen=True)
 class ImageSpan:
-    """An image's rows in the expanded prompt: ``[start, start + image.num_tokens)``."""
+    """An image's rows in the expanded prompt: ``[start, start + image.num_tokens)``, or, when the
+    family puts text tokens between them (Idefics3's tile markers), the prompt rows ``rows``
+    (ascending, one per feature row, from ``start``). The features are the rows
+    ``[record_offset, record_offset + image.num_tokens)`` of the image's embedding record (a
+    record may hold more than one way to see the image: LLaVA-OneVision's)."""
 
     start: int
     image: ImageRef
     grid_thw: tuple[int, ...] = ()
+    rows: tuple[int, ...] = ()
+    record_offset: int = 0
 
     @property
     def end(self) -> int:
-        return self.start + self.image.num_tokens
+        return self.rows[-1] + 1 if self.rows else self.start + self.image.num_tokens
+
+    @property
+    def feature_rows(self) -> Sequence[int]:
+        """The prompt row of each of the image's feature rows, in order."""
+        return self.rows or range(self.start, self.end)
+
+    @property
+    def record_rows(self) -> slice:
+        """The rows of the image's embedding record that fill ``feature_rows``."""
+        return slice(self.record_offset, self.record_offset + self.image.num_tokens)
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,8 @@ class Adapter:
 
     architectures: ClassVar[tuple[str, ...]] = ()
     is_vlm: ClassVar[bool] = True
+    # Names of the extra tensors every embedding record of this family holds (none for most).
+    extras: ClassVar[tuple[str, ...]] = ()
     position_dims: ClassVar[int] = 1
     weight_prefixes: ClassVar[dict[str, str]] = {"model.": "model.", "lm_head.": "lm_head."}
 
@@ -125,6 +149,10 @@ class Adapter:
         length = len(layout.token_ids)
         return torch.arange(length, dtype=torch.long).unsqueeze(0), length
 
+    def for_tokenizer(self, tokenizer: Any) -> Adapter:
+        """This adapter for serving with ``tokenizer`` (called once at load; default: itself)."""
+        return self
+
     def expander(self, tokenizer: Any) -> Callable[[str], str] | None:
         """The processor's rewrite of the rendered prompt text (None: tokenised as rendered)."""
         return None
@@ -132,6 +160,15 @@ class Adapter:
     def attention_blocks(self, layout: PromptLayout) -> tuple[tuple[int, int], ...]:
         """Prompt ranges [start, end) that attend bidirectionally in prefill (none: all causal)."""
         return ()
+
+    def layer_inputs(self, layout: PromptLayout, embeddings: Sequence[Embedding]) -> torch.Tensor | None:
+        """What prefill adds to the output of decoder layers 0..K-1 at each prompt row, [L, K, H]
+        (zeros at text rows), from the images' records; None: nothing (most families)."""
+        return None
+
+    def dummy_extras(self, num_tokens: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Zero extra tensors for a warm-up image's record (``extras`` by name)."""
+        return {}
 
     def dummy_image(self) -> ImageRef:
         """An image of a size this family produces, for warm-up (features are made by the caller)."""

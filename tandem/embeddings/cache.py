@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -66,22 +66,36 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class Embedding:
-    """A validated embedding: header and a tensor viewing the stored bytes."""
+    """A validated embedding: header, the features and the named extra tensors (in header order;
+    Qwen3-VL's deepstack features), all viewing the stored bytes."""
 
     header: common_pb2.EmbeddingHeader
     features: torch.Tensor
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, header: common_pb2.EmbeddingHeader, data: bytes | memoryview) -> Embedding:
+        """The embedding of a validated record (``record.validate`` first)."""
+        return cls(header, record.to_tensor(header, data), record.extra_tensors(header, data))
 
     @property
     def grid_thw(self) -> list[int]:
         return list(self.header.grid_thw)
+
+    @property
+    def metadata(self) -> dict[str, tuple[int, ...]]:
+        return record.metadata_of(self.header)
+
+    def payload(self) -> bytes | memoryview:
+        """The record's ``data`` bytes (features, then extras)."""
+        return record.payload(self.features, self.extras)
 
     def to_record(self) -> bytes:
         """The single-value record (for inline hand-over)."""
         header = common_pb2.EmbeddingHeader()
         header.CopyFrom(self.header)
         header.num_chunks = 0
-        _, _, raw = record.tensor_bytes(self.features)
-        return record.encode(header, raw)
+        return record.encode(header, self.payload())
 
     def __repr__(self) -> str:
         return f"Embedding(image_id={self.header.image_id[:12]}, shape={tuple(self.features.shape)})"
@@ -93,7 +107,7 @@ def decode_inline(value: bytes, expected: record.Expected) -> Embedding:
     if header.num_chunks:
         raise record.BadRecord("inline records are never chunked")
     record.validate(header, len(data), expected)
-    return Embedding(header, record.to_tensor(header, data))
+    return Embedding.from_record(header, data)
 
 
 class EmbeddingCache:
@@ -106,10 +120,12 @@ class EmbeddingCache:
         hidden_size: int,
         settings: CacheSettings | None = None,
         metrics: Metrics | None = None,
+        extras: tuple[str, ...] | None = None,
     ):
         self.store = store
         self.fingerprint = fingerprint
         self.hidden_size = hidden_size
+        self.extras = extras  # the extra tensors every record must hold, by name (None: any)
         self.settings = settings or CacheSettings()
         self.metrics = metrics or Metrics()
 
@@ -123,7 +139,7 @@ class EmbeddingCache:
         return f"{self.settings.prefix}:lease:{self.fingerprint}:{image_id}"
 
     def expected(self, image_id: str, num_tokens: int | None = None) -> record.Expected:
-        return record.Expected(self.fingerprint, self.hidden_size, image_id, num_tokens)
+        return record.Expected(self.fingerprint, self.hidden_size, image_id, num_tokens, self.extras)
 
     async def get(self, image_id: str, num_tokens: int | None = None) -> Embedding | None:
         """The cached embedding, or None on a miss, a bad value or an unreachable store."""
@@ -169,7 +185,7 @@ class EmbeddingCache:
                 raise record.BadRecord("missing chunk")
             data = b"".join([first, *(part for part in rest if part is not None)])
         record.validate(header, len(data), expected)
-        return Embedding(header, record.to_tensor(header, data))
+        return Embedding.from_record(header, data)
 
     async def _read_header(self, key: str, expected: record.Expected) -> common_pb2.EmbeddingHeader | None:
         ((head, length),) = await self.store.peek([key], record.HEADER_BYTES)
@@ -192,7 +208,7 @@ class EmbeddingCache:
         """Store an embedding (chunked when large); False when the store is unreachable."""
         header = common_pb2.EmbeddingHeader()
         header.CopyFrom(embedding.header)
-        _, _, raw = record.tensor_bytes(embedding.features)
+        raw = memoryview(embedding.payload())
         size = self.settings.chunk_bytes
         parts = [raw[i : i + size] for i in range(0, max(len(raw), 1), size)]
         header.num_chunks = len(parts) - 1

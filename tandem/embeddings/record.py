@@ -6,6 +6,13 @@ message, so any proto reader can parse it. Our reader parses only the small head
 the tensor bytes in place (zero-copy), then validates everything against what the reader
 expects. Any mismatch raises ``BadRecord``; callers treat it as a cache miss.
 
+Versions (``header.format_version``): 1 holds one tensor, the ``[num_tokens, hidden_size]``
+features; 2 adds named ``extras`` tensors (e.g. Qwen3-VL's deepstack features), whose bytes follow
+the features' in ``data`` in header order, and named integer ``metadata``. A writer uses version 1
+whenever a record has neither, so every single-tensor family's records stay readable by readers
+that know only version 1. A reader refuses a version it does not know, or a version 1 record with
+extras or metadata (``BadRecord``: a cache miss, so the embedding is recomputed, never misread).
+
 Nothing here unpickles or ``torch.load``s: bytes from outside only ever reach the protobuf
 parser for the header and ``torch.frombuffer`` for a length-checked tensor.
 """
@@ -15,15 +22,21 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from google.protobuf.message import DecodeError
 from vlm.v1 import common_pb2
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a record with the features only
+EXTRAS_VERSION = 2  # a record with named extra tensors and/or metadata
+VERSIONS = (FORMAT_VERSION, EXTRAS_VERSION)
 MAX_TOKENS = 1 << 16
 MAX_HIDDEN = 1 << 16
+MAX_EXTRAS = 16  # named tensors, and separately metadata entries, per record
+MAX_EXTRA_DIMS = 4
+MAX_EXTRA_ELEMENTS = 1 << 32
 
 HEADER_BYTES = 4096  # a prefix of a record this long holds its whole header (and the data tag)
 
@@ -54,6 +67,8 @@ class Expected:
     hidden_size: int
     image_id: str | None = None
     num_tokens: int | None = None
+    # The names of the extra tensors the reader's family needs, exactly (None: any).
+    extras: tuple[str, ...] | None = None
 
 
 def _varint(value: int) -> bytes:
@@ -140,8 +155,10 @@ def read_header(prefix: bytes | memoryview, value_length: int) -> tuple[common_p
 
 def validate(header: common_pb2.EmbeddingHeader, data_length: int, expected: Expected) -> None:
     """Raise ``BadRecord`` unless the header is consistent and matches ``expected``."""
-    if header.format_version != FORMAT_VERSION:
+    if header.format_version not in VERSIONS:
         raise BadRecord(f"unknown format version {header.format_version}")
+    if header.format_version == FORMAT_VERSION and (header.extras or header.metadata):
+        raise BadRecord("a version 1 record has no extras or metadata")
     if header.fingerprint != expected.fingerprint:
         raise BadRecord("fingerprint mismatch")
     if expected.image_id is not None and header.image_id != expected.image_id:
@@ -164,8 +181,33 @@ def validate(header: common_pb2.EmbeddingHeader, data_length: int, expected: Exp
     grid = header.grid_thw
     if grid and math.prod(grid) <= 0:
         raise BadRecord("bad grid")
-    if header.data_length != tokens * hidden * itemsize or data_length != header.data_length:
+    extra_bytes = _check_extras(header, expected)
+    if header.data_length != tokens * hidden * itemsize + extra_bytes or data_length != header.data_length:
         raise BadRecord("data length does not match shape and dtype")
+
+
+def _check_extras(header: common_pb2.EmbeddingHeader, expected: Expected) -> int:
+    """The byte length of the extra tensors, once their names, dtypes and shapes are sound."""
+    names = tuple(spec.name for spec in header.extras)
+    keys = [entry.name for entry in header.metadata]
+    if len(names) > MAX_EXTRAS or len(keys) > MAX_EXTRAS:
+        raise BadRecord("too many extras or metadata entries")
+    if len(set(names)) != len(names) or len(set(keys)) != len(keys) or not all(names) or not all(keys):
+        raise BadRecord("extras and metadata need unique, non-empty names")
+    if expected.extras is not None and sorted(names) != sorted(expected.extras):
+        raise BadRecord(f"extras {sorted(names)} are not the expected {sorted(expected.extras)}")
+    total = 0
+    for spec in header.extras:
+        itemsize = _ITEMSIZES.get(spec.dtype)
+        if itemsize is None:
+            raise BadRecord(f"extra {spec.name!r}: unknown dtype")
+        if not 0 < len(spec.shape) <= MAX_EXTRA_DIMS or min(spec.shape) < 1:
+            raise BadRecord(f"extra {spec.name!r}: bad shape")
+        elements = math.prod(spec.shape)
+        if elements > MAX_EXTRA_ELEMENTS:
+            raise BadRecord(f"extra {spec.name!r}: too large")
+        total += elements * itemsize
+    return total
 
 
 def to_tensor(header: common_pb2.EmbeddingHeader, data: bytes | memoryview) -> torch.Tensor:
@@ -173,8 +215,35 @@ def to_tensor(header: common_pb2.EmbeddingHeader, data: bytes | memoryview) -> t
 
     The tensor shares memory with ``data``, which is usually read-only: nobody writes to it.
     """
-    flat = torch.frombuffer(data, dtype=_DTYPES[header.dtype])
+    count = header.num_tokens * header.hidden_size
+    flat = torch.frombuffer(data, dtype=_DTYPES[header.dtype], count=count)
     return flat.view(header.num_tokens, header.hidden_size)
+
+
+def extra_tensors(header: common_pb2.EmbeddingHeader, data: bytes | memoryview) -> dict[str, torch.Tensor]:
+    """The extra tensors by name, each viewing ``data`` (call ``validate`` first)."""
+    offset = header.num_tokens * header.hidden_size * _ITEMSIZES[header.dtype]
+    out: dict[str, torch.Tensor] = {}
+    for spec in header.extras:
+        count = math.prod(spec.shape)
+        flat = torch.frombuffer(data, dtype=_DTYPES[spec.dtype], count=count, offset=offset)
+        out[spec.name] = flat.view(*spec.shape)
+        offset += count * _ITEMSIZES[spec.dtype]
+    return out
+
+
+def metadata_of(header: common_pb2.EmbeddingHeader) -> dict[str, tuple[int, ...]]:
+    """The record's named integers."""
+    return {entry.name: tuple(entry.values) for entry in header.metadata}
+
+
+def payload(features: torch.Tensor, extras: Mapping[str, torch.Tensor] | None = None) -> memoryview | bytes:
+    """The ``data`` bytes of a record: the features' (no copy when they are contiguous), then
+    each extra tensor's in order (joined: one copy)."""
+    _, _, raw = tensor_bytes(features)
+    if not extras:
+        return raw
+    return b"".join([raw, *(tensor_bytes(tensor)[2] for tensor in extras.values())])
 
 
 def _silence_readonly_buffer_warning() -> None:
@@ -193,19 +262,55 @@ _silence_readonly_buffer_warning()
 
 
 def make_header(
-    *, fingerprint: str, image_id: str, tensor: torch.Tensor, grid_thw: list[int] | None = None
-) -> tuple[common_pb2.EmbeddingHeader, memoryview]:
-    """Header and raw bytes for a ``[num_tokens, hidden]`` feature tensor."""
-    dtype, shape, raw = tensor_bytes(tensor)
-    header = common_pb2.EmbeddingHeader(
-        format_version=FORMAT_VERSION,
+    *,
+    fingerprint: str,
+    image_id: str,
+    tensor: torch.Tensor,
+    grid_thw: list[int] | None = None,
+    extras: Mapping[str, torch.Tensor] | None = None,
+    metadata: Mapping[str, Sequence[int]] | None = None,
+) -> tuple[common_pb2.EmbeddingHeader, memoryview | bytes]:
+    """Header and ``data`` bytes for ``[num_tokens, hidden]`` features and optional named extra
+    tensors and metadata (``header_of``)."""
+    header = header_of(
+        fingerprint=fingerprint, image_id=image_id, tensor=tensor, grid_thw=grid_thw, extras=extras,
+        metadata=metadata,
+    )  # fmt: skip
+    return header, payload(tensor, extras)
+
+
+def header_of(
+    *,
+    fingerprint: str,
+    image_id: str,
+    tensor: torch.Tensor,
+    grid_thw: list[int] | None = None,
+    extras: Mapping[str, torch.Tensor] | None = None,
+    metadata: Mapping[str, Sequence[int]] | None = None,
+) -> common_pb2.EmbeddingHeader:
+    """The header alone (no bytes are copied): version 2 when there are extras or metadata."""
+    specs = [_spec(name, value) for name, value in (extras or {}).items()]
+    entries = [common_pb2.NamedInts(name=k, values=list(v)) for k, v in (metadata or {}).items()]
+    features = _spec("", tensor)
+    if len(features.shape) != 2:
+        raise ValueError(f"features must be [num_tokens, hidden], got {list(features.shape)}")
+    tensors = [tensor, *(extras or {}).values()]
+    return common_pb2.EmbeddingHeader(
+        format_version=EXTRAS_VERSION if specs or entries else FORMAT_VERSION,
         fingerprint=fingerprint,
         image_id=image_id,
-        dtype=dtype,
-        shape=shape,
-        num_tokens=shape[0],
-        hidden_size=shape[1],
+        dtype=features.dtype,
+        shape=features.shape,
+        num_tokens=features.shape[0],
+        hidden_size=features.shape[1],
         grid_thw=grid_thw or [],
-        data_length=len(raw),
+        data_length=sum(t.numel() * t.element_size() for t in tensors),
+        extras=specs,
+        metadata=entries,
     )
-    return header, raw
+
+
+def _spec(name: str, tensor: torch.Tensor) -> common_pb2.TensorSpec:
+    if tensor.dtype not in _PB_DTYPES:
+        raise ValueError(f"unsupported embedding dtype {tensor.dtype}")
+    return common_pb2.TensorSpec(name=name, dtype=_PB_DTYPES[tensor.dtype], shape=list(tensor.shape))

@@ -30,6 +30,8 @@ VISION_WEIGHT_PREFIXES = (
     "model.visual.",
     "image_newline",
     "model.image_newline",
+    "model.vision_model.",
+    "model.connector.",
 )
 
 _CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json")

@@ -21,6 +21,11 @@ tokenizers are BPE models trained here on a small generated English corpus. Noth
 * ``"llava_next"``: LLaVA-NeXT, any-resolution tiles (``tandem/testing/families/llava_next.py``).
 * ``"qwen2_5_vl"``: Qwen2.5-VL, windowed vision attention (``tandem/testing/families/qwen2_5_vl.py``).
 * ``"gemma3"``: Gemma 3, SigLIP + pooled projector, sliding layers (``tandem/testing/families/gemma3.py``).
+* ``"smolvlm"``: SmolVLM, pixel-shuffle connector, image tiles (``tandem/testing/families/smolvlm.py``).
+* ``"idefics3"``: ``"smolvlm"`` in Idefics3's classes (``tandem/testing/families/idefics3.py``).
+* ``"llava_onevision"``: LLaVA-OneVision, two ways per image (``tandem/testing/families/llava_onevision.py``).
+* ``"internvl"``: InternVL, pixel unshuffle + MLP projector, tiles (``tandem/testing/families/internvl.py``).
+* ``"qwen3_vl"``: Qwen3-VL, deepstack features into early layers (``tandem/testing/families/qwen3_vl.py``).
 
 Llama-family tokenizers are ``LlamaTokenizer`` (Metaspace BPE with byte fallback, as Llama-2 /
 Vicuna); Qwen ones are byte-level ``Qwen2Tokenizer``. The ``seed`` only changes the weights.
@@ -67,6 +72,8 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 KINDS: tuple[str, ...] = ("llava", "qwen2_vl", "llama", "qwen2", "llava_next", "qwen2_5_vl")
 KINDS += ("mistral", "gemma", "phi3", "qwen3")  # text-only decoders: families/text_decoders.py
 KINDS += ("gemma3",)
+KINDS += ("smolvlm", "idefics3", "llava_onevision", "internvl")
+KINDS += ("qwen3_vl",)
 MARKER = ".tandem-checkpoint.json"
 
 HIDDEN, HEADS = 64, 4
@@ -279,6 +286,11 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen2_5_vl": _family("qwen2_5_vl"),
     **{kind: _family(kind) for kind in ("mistral", "gemma", "phi3", "qwen3")},
     "gemma3": _family("gemma3"),
+    "qwen3_vl": _family("qwen3_vl"),
+    "smolvlm": _family("smolvlm"),
+    "idefics3": _family("idefics3"),
+    "llava_onevision": _family("llava_onevision"),
+    "internvl": _family("internvl"),
 }
 
 

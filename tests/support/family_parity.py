@@ -153,9 +153,10 @@ async def records_round_trip(
     images: Sequence[bytes],
     features: Sequence[torch.Tensor],
     grids: Sequence[list[int]] | None = None,
+    extras: Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> None:
     """The records the vision service wrote to Redis for ``images`` hold exactly HF's ``features``
-    (and ``grids``), and re-encode to the very bytes stored."""
+    (and ``grids``, and the named ``extras`` tensors), and re-encode to the very bytes stored."""
     got = await generate(stack, [("user", [images[0], "Compare", *images[1:], "these."])])
     config = stack.llm.config
     model_print = fingerprint(Path(config.model), config.model)
@@ -165,10 +166,13 @@ async def records_round_trip(
             value = await client.get(f"{stack.prefix}:emb:{model_print}:{image_id}")
             assert isinstance(value, bytes)
             header, data = record.split(value)
-            expected = record.Expected(model_print, want.shape[-1], image_id, want.shape[0])
+            names = tuple(extras[n]) if extras is not None else ()
+            expected = record.Expected(model_print, want.shape[-1], image_id, want.shape[0], names)
             record.validate(header, len(data), expected)
-            embedding = Embedding(header, record.to_tensor(header, data))
+            embedding = Embedding.from_record(header, data)
             assert torch.equal(embedding.features, want)
+            for name in names:
+                assert torch.equal(embedding.extras[name], extras[n][name]), name  # type: ignore[index]
             assert embedding.grid_thw == (list(grids[n]) if grids is not None else [])
             assert embedding.to_record() == value
     finally:

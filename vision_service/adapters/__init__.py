@@ -9,23 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from tandem.models.checkpoint import read_config
-from vision_service.adapters.base import Pixels, VisionAdapter
+from vision_service.adapters.base import ImageFeatures, Pixels, VisionAdapter
 from vision_service.adapters.gemma3 import Gemma3Adapter
+from vision_service.adapters.idefics3 import Idefics3Adapter
+from vision_service.adapters.internvl import InternVLAdapter
 from vision_service.adapters.llava import LlavaAdapter
 from vision_service.adapters.llava_next import LlavaNextAdapter
+from vision_service.adapters.llava_onevision import LlavaOnevisionAdapter
 from vision_service.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vision_service.adapters.qwen2_vl import Qwen2VLAdapter
+from vision_service.adapters.qwen3_vl import Qwen3VLAdapter
+from vision_service.adapters.smolvlm import SmolVLMAdapter
 
 ADAPTERS: dict[str, type[VisionAdapter]] = {
     Gemma3Adapter.architecture: Gemma3Adapter,
+    Idefics3Adapter.architecture: Idefics3Adapter,
+    InternVLAdapter.architecture: InternVLAdapter,
     LlavaAdapter.architecture: LlavaAdapter,
     LlavaNextAdapter.architecture: LlavaNextAdapter,
+    LlavaOnevisionAdapter.architecture: LlavaOnevisionAdapter,
     Qwen2VLAdapter.architecture: Qwen2VLAdapter,
     Qwen2_5_VLAdapter.architecture: Qwen2_5_VLAdapter,
+    Qwen3VLAdapter.architecture: Qwen3VLAdapter,
+    SmolVLMAdapter.architecture: SmolVLMAdapter,
 }
 
 __all__ = [
     "ADAPTERS",
+    "ImageFeatures",
     "Pixels",
     "UnsupportedModel",
     "VisionAdapter",

@@ -8,14 +8,16 @@ vision tower and projector (never the language model). The service calls it from
 
 ``encode`` returns, per image, exactly the ``[num_tokens, text hidden_size]`` features that replace
 the image placeholder tokens in the language model's ``inputs_embeds`` (what HF's
-``get_image_features`` returns for that image).
+``get_image_features`` returns for that image). A family whose language side needs more per image
+(Qwen3-VL's deepstack features) names those tensors in ``extras`` and overrides
+``encode_features``; the service stores them in the image's record next to the features.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,10 +45,24 @@ class Pixels:
         return f"Pixels(shape={tuple(self.values.shape)}, grid_thw={self.grid_thw})"
 
 
+@dataclass(frozen=True)
+class ImageFeatures:
+    """One image's output: the features that replace its placeholders and named extra tensors."""
+
+    features: torch.Tensor
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shapes = {name: tuple(t.shape) for name, t in self.extras.items()}
+        return f"ImageFeatures(shape={tuple(self.features.shape)}, extras={shapes})"
+
+
 class VisionAdapter(ABC):
     """One model family's preprocessing and vision forward (see the module docstring)."""
 
     architecture: ClassVar[str]
+    # Names of the extra tensors every record of this family holds (``encode_features``).
+    extras: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: Path, config: PretrainedConfig, device: str, dtype: torch.dtype):
         self.path = path
@@ -72,6 +88,10 @@ class VisionAdapter(ABC):
     @abstractmethod
     def encode(self, batch: list[Pixels]) -> list[torch.Tensor]:
         """One batched forward; ``[num_tokens, hidden_size]`` CPU features per image, in order."""
+
+    def encode_features(self, batch: list[Pixels]) -> list[ImageFeatures]:
+        """``encode`` with each image's extra tensors (none unless the family overrides this)."""
+        return [ImageFeatures(features) for features in self.encode(batch)]
 
     @property
     def hidden_size(self) -> int:

@@ -62,6 +62,10 @@ class LlavaNextVision(LlavaVision):
         """Tiles the processor makes for an image of (height, width), base view included."""
         return int(image_size_to_num_patches(list(image_size), self.pinpoints, self.tile))
 
+    def shrink(self, grid: torch.Tensor) -> torch.Tensor:
+        """The unpadded tile features ``[hidden, h, w]`` before the newlines go in (as they are)."""
+        return grid
+
     def pack(self, tiles: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """``[tiles, side*side, hidden]`` projected features -> ``[num_tokens, hidden]`` for one image."""
         base, rest = tiles[0], tiles[1:]
@@ -71,6 +75,7 @@ class LlavaNextVision(LlavaVision):
         rows, cols = get_anyres_image_grid_shape(list(image_size), self.pinpoints, self.tile)
         grid = rest.view(rows, cols, self.side, self.side, -1).permute(4, 0, 2, 1, 3)
         grid = unpad_image(grid.reshape(grid.shape[0], rows * self.side, cols * self.side), list(image_size))
+        grid = self.shrink(grid)
         ends = newline[:, None, None].expand(-1, grid.shape[1], 1)
         return torch.cat((base, torch.cat((grid, ends), dim=-1).flatten(1, 2).T))
 

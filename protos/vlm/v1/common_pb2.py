@@ -24,33 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vlm/v1/common.proto\x12\x06vlm.v1\"\xe1\x01\n\x0f\x45mbeddingHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x10\n\x08image_id\x18\x03 \x01(\t\x12\x1c\n\x05\x64type\x18\x04 \x01(\x0e\x32\r.vlm.v1.DType\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x12\n\nnum_tokens\x18\x06 \x01(\r\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x10\n\x08grid_thw\x18\x08 \x03(\r\x12\x12\n\nnum_chunks\x18\t \x01(\r\x12\x13\n\x0b\x64\x61ta_length\x18\n \x01(\x04\"H\n\x0f\x45mbeddingRecord\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.vlm.v1.EmbeddingHeader\x12\x0c\n\x04\x64\x61ta\x18\x0f \x01(\x0c\"Y\n\x08ImageRef\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x10\n\x08grid_thw\x18\x03 \x03(\r\x12\x15\n\rinline_record\x18\x04 \x01(\x0c\"H\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x10.vlm.v1.ImageRefH\x00\x42\x06\n\x04kind\"I\n\x07Message\x12\x1a\n\x04role\x18\x01 \x01(\x0e\x32\x0c.vlm.v1.Role\x12\"\n\x05parts\x18\x02 \x03(\x0b\x32\x13.vlm.v1.ContentPart\"\xb9\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\rB\x07\n\x05_seed\"f\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\"m\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06is_vlm\x18\x03 \x01(\x08\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vlm/v1/common.proto\x12\x06vlm.v1\"\xaa\x02\n\x0f\x45mbeddingHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x10\n\x08image_id\x18\x03 \x01(\t\x12\x1c\n\x05\x64type\x18\x04 \x01(\x0e\x32\r.vlm.v1.DType\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x12\n\nnum_tokens\x18\x06 \x01(\r\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x10\n\x08grid_thw\x18\x08 \x03(\r\x12\x12\n\nnum_chunks\x18\t \x01(\r\x12\x13\n\x0b\x64\x61ta_length\x18\n \x01(\x04\x12\"\n\x06\x65xtras\x18\x0b \x03(\x0b\x32\x12.vlm.v1.TensorSpec\x12#\n\x08metadata\x18\x0c \x03(\x0b\x32\x11.vlm.v1.NamedInts\"G\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x05\x64type\x18\x02 \x01(\x0e\x32\r.vlm.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\")\n\tNamedInts\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x03\"H\n\x0f\x45mbeddingRecord\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.vlm.v1.EmbeddingHeader\x12\x0c\n\x04\x64\x61ta\x18\x0f \x01(\x0c\"Y\n\x08ImageRef\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x10\n\x08grid_thw\x18\x03 \x03(\r\x12\x15\n\rinline_record\x18\x04 \x01(\x0c\"H\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x10.vlm.v1.ImageRefH\x00\x42\x06\n\x04kind\"I\n\x07Message\x12\x1a\n\x04role\x18\x01 \x01(\x0e\x32\x0c.vlm.v1.Role\x12\"\n\x05parts\x18\x02 \x03(\x0b\x32\x13.vlm.v1.ContentPart\"\xcd\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x07\n\x05_seed\"f\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\"m\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06is_vlm\x18\x03 \x01(\x08\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vlm.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=976
-  _globals['_DTYPE']._serialized_end=1064
-  _globals['_ROLE']._serialized_start=1066
-  _globals['_ROLE']._serialized_end=1146
-  _globals['_FINISHREASON']._serialized_start=1148
-  _globals['_FINISHREASON']._serialized_end=1272
+  _globals['_DTYPE']._serialized_start=1185
+  _globals['_DTYPE']._serialized_end=1273
+  _globals['_ROLE']._serialized_start=1275
+  _globals['_ROLE']._serialized_end=1355
+  _globals['_FINISHREASON']._serialized_start=1357
+  _globals['_FINISHREASON']._serialized_end=1481
   _globals['_EMBEDDINGHEADER']._serialized_start=32
-  _globals['_EMBEDDINGHEADER']._serialized_end=257
-  _globals['_EMBEDDINGRECORD']._serialized_start=259
-  _globals['_EMBEDDINGRECORD']._serialized_end=331
-  _globals['_IMAGEREF']._serialized_start=333
-  _globals['_IMAGEREF']._serialized_end=422
-  _globals['_CONTENTPART']._serialized_start=424
-  _globals['_CONTENTPART']._serialized_end=496
-  _globals['_MESSAGE']._serialized_start=498
-  _globals['_MESSAGE']._serialized_end=571
-  _globals['_SAMPLINGPARAMS']._serialized_start=574
-  _globals['_SAMPLINGPARAMS']._serialized_end=759
-  _globals['_USAGE']._serialized_start=761
-  _globals['_USAGE']._serialized_end=863
-  _globals['_MODELINFO']._serialized_start=865
-  _globals['_MODELINFO']._serialized_end=974
+  _globals['_EMBEDDINGHEADER']._serialized_end=330
+  _globals['_TENSORSPEC']._serialized_start=332
+  _globals['_TENSORSPEC']._serialized_end=403
+  _globals['_NAMEDINTS']._serialized_start=405
+  _globals['_NAMEDINTS']._serialized_end=446
+  _globals['_EMBEDDINGRECORD']._serialized_start=448
+  _globals['_EMBEDDINGRECORD']._serialized_end=520
+  _globals['_IMAGEREF']._serialized_start=522
+  _globals['_IMAGEREF']._serialized_end=611
+  _globals['_CONTENTPART']._serialized_start=613
+  _globals['_CONTENTPART']._serialized_end=685
+  _globals['_MESSAGE']._serialized_start=687
+  _globals['_MESSAGE']._serialized_end=760
+  _globals['_SAMPLINGPARAMS']._serialized_start=763
+  _globals['_SAMPLINGPARAMS']._serialized_end=968
+  _globals['_USAGE']._serialized_start=970
+  _globals['_USAGE']._serialized_end=1072
+  _globals['_MODELINFO']._serialized_start=1074
+  _globals['_MODELINFO']._serialized_end=1183
 # @@protoc_insertion_point(module_scope)

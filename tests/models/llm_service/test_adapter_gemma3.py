@@ -1,11 +1,13 @@
 """The Gemma 3 language adapter on the tiny checkpoint: the processor's prompt (image blocks
 rewritten in the text), image rows as bidirectional attention blocks exactly where HF's
 ``token_type_ids`` put them, both end-of-turn ids, and a prefill chunked through the middle of
-image blocks (the engine moves the cut) still equal to HF ``generate``."""
+image blocks (the engine moves the cut), or a prefix-cache hit backed off to an image block's
+start, still equal to HF ``generate``."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +92,8 @@ def test_both_end_of_turn_ids_stop_generation(path: Path) -> None:
     assert loaded.eos_token_ids == (vocab["<eos>"], vocab["<end_of_turn>"])
 
 
-async def test_prefill_chunked_inside_image_blocks_equals_hf(path: Path) -> None:
-    loaded = load(LlmConfig(model=str(path), device="cpu"))
+def _request_and_expected(path: Path, loaded: Any) -> tuple[EngineRequest, list[int]]:
+    """The conversation as an engine request (image rows as attention blocks) and HF's answer."""
     full = Gemma3ForConditionalGeneration.from_pretrained(path).eval()
     inputs = _hf_inputs(path, _conversation()[1])
     ids = inputs["input_ids"][0]
@@ -106,9 +108,45 @@ async def test_prefill_chunked_inside_image_blocks_equals_hf(path: Path) -> None
         "chunked", ids.tolist(), ids.tolist(), embeds, torch.arange(len(ids))[None], len(ids),
         SamplingConfig(max_new_tokens=8), attention_blocks=blocks,
     )  # fmt: skip
+    return request, expected
+
+
+async def _generate(engine: Engine, request: EngineRequest) -> tuple[list[int], int]:
+    events = [event async for event in engine.generate(request)]
+    assert events[-1].usage is not None
+    return [t for event in events for t in event.token_ids], events[-1].usage.cached_tokens
+
+
+async def test_prefill_chunked_inside_image_blocks_equals_hf(path: Path) -> None:
+    loaded = load(LlmConfig(model=str(path), device="cpu"))
+    request, expected = _request_and_expected(path, loaded)
+    blocks = request.attention_blocks
     config = EngineConfig(context_length=512, max_prefill_tokens=blocks[0][0] + 2)  # cuts block 0
     engine = Engine(loaded.model, loaded.tokenizer, config, loaded.eos_token_ids)
     with running_engine(engine):
-        events = [event async for event in engine.generate(request)]
+        tokens, _ = await _generate(engine, request)
         await asyncio.sleep(0)
-    assert [t for event in events for t in event.token_ids] == expected
+    assert tokens == expected
+
+
+async def test_a_prefix_hit_never_ends_inside_an_image_block_and_equals_hf(path: Path) -> None:
+    loaded = load(LlmConfig(model=str(path), device="cpu"))
+    request, expected = _request_and_expected(path, loaded)
+    start = request.attention_blocks[-1][0]
+    # a prompt that stops half-way through the last image: its KV there saw half the block only
+    cut = dataclasses.replace(
+        request,
+        prompt_keys=request.prompt_keys[: start + 2],
+        prompt_token_ids=request.prompt_token_ids[: start + 2],
+        inputs_embeds=request.inputs_embeds[: start + 2],
+        position_ids=request.position_ids[:, : start + 2],
+        next_position=start + 2,
+        attention_blocks=(*request.attention_blocks[:-1], (start, start + 2)),
+    )
+    config = EngineConfig(context_length=512, prefix_block_size=4)
+    engine = Engine(loaded.model, loaded.tokenizer, config, loaded.eos_token_ids)
+    with running_engine(engine):
+        await _generate(engine, dataclasses.replace(cut, sampling=SamplingConfig(max_new_tokens=1)))
+        tokens, cached = await _generate(engine, request)
+    assert cached == start  # the cached start+2 positions end inside the image block: backed off
+    assert tokens == expected

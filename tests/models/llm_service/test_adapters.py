@@ -72,10 +72,15 @@ def _conversation(with_images: bool) -> tuple[list[ChatMessage], list[dict]]:
 def test_registry_keys_by_architecture_and_refuses_unknown() -> None:
     assert set(ADAPTERS) == {
         "Gemma3ForConditionalGeneration",
+        "Idefics3ForConditionalGeneration",
+        "InternVLForConditionalGeneration",
+        "SmolVLMForConditionalGeneration",
         "LlavaForConditionalGeneration",
         "LlavaNextForConditionalGeneration",
+        "LlavaOnevisionForConditionalGeneration",
         "Qwen2VLForConditionalGeneration",
         "Qwen2_5_VLForConditionalGeneration",
+        "Qwen3VLForConditionalGeneration",
         "LlamaForCausalLM",
         "Qwen2ForCausalLM",
     }

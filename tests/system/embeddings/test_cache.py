@@ -116,8 +116,9 @@ async def test_a_missing_chunk_is_a_bad_value(cache: EmbeddingCache) -> None:
         lambda v: b"\x80\x04\x95" + v[3:],  # pickle protocol 4 opcode in front
         lambda v: b"garbage",
         lambda v: v.replace(FINGERPRINT.encode(), b"c" * 32),
+        lambda v: _with_version(v, 3),
     ],
-    ids=["truncated", "pickle-prefixed", "garbage", "other-fingerprint"],
+    ids=["truncated", "pickle-prefixed", "garbage", "other-fingerprint", "newer-version"],
 )
 async def test_bad_value_is_a_miss_deleted_and_counted(cache: EmbeddingCache, corrupt) -> None:  # type: ignore[no-untyped-def]
     stored = embedding(b"img-bad")
@@ -130,6 +131,36 @@ async def test_bad_value_is_a_miss_deleted_and_counted(cache: EmbeddingCache, co
     assert await client.exists(key) == 0
     assert await cache.put(stored)  # recomputed value is stored again
     assert await cache.get(stored.header.image_id) is not None
+
+
+def _with_version(value: bytes, version: int) -> bytes:
+    header, data = record.split(value)
+    header.format_version = version
+    return record.encode(header, data)
+
+
+async def test_records_with_extra_tensors_are_chunked_and_round_trip(cache: EmbeddingCache) -> None:
+    features = torch.randn(40, HIDDEN)
+    extras = {"deepstack": torch.randn(3, 40, HIDDEN)}  # 160 KiB in all: 3 values
+    image_id = image_id_of(b"deepstack")
+    header = record.header_of(fingerprint=FINGERPRINT, image_id=image_id, tensor=features, extras=extras)
+    assert await cache.put(Embedding(header, features, extras))
+    assert len(await raw_keys(cache)) == 3
+    got = await cache.get(image_id, num_tokens=40)
+    assert got is not None and got.header.format_version == record.EXTRAS_VERSION
+    assert torch.equal(got.features, features) and torch.equal(got.extras["deepstack"], extras["deepstack"])
+    assert await cache.get_header(image_id) is not None
+    strict = EmbeddingCache(cache.store, FINGERPRINT, HIDDEN, cache.settings, cache.metrics, ("deepstack",))
+    assert await strict.get(image_id) is not None
+
+
+async def test_a_record_without_the_expected_extras_is_a_bad_value(cache: EmbeddingCache) -> None:
+    stored = embedding(b"img-no-extras")
+    await cache.put(stored)
+    strict = EmbeddingCache(cache.store, FINGERPRINT, HIDDEN, cache.settings, cache.metrics, ("deepstack",))
+    assert await strict.get(stored.header.image_id) is None
+    assert cache.metrics.get("vision_cache_bad_values") == 1
+    assert await cache.get(stored.header.image_id) is None  # deleted: it gets recomputed
 
 
 async def test_wrong_token_count_is_a_bad_value(cache: EmbeddingCache) -> None:

@@ -110,6 +110,13 @@ def _with_header(**changes: object) -> bytes:
     return record.encode(header, data)
 
 
+def _with_metadata() -> bytes:
+    """A valid version 1 value whose header also carries metadata (only version 2 may)."""
+    header, data = record.split(make_value())
+    header.metadata.add(name="image_size", values=[1, 2])
+    return record.encode(header, data)
+
+
 HOSTILE = {
     "wrong data length": lambda: make_value()[:-2],
     "extra trailing bytes": lambda: make_value() + b"\x00\x00",
@@ -130,7 +137,9 @@ HOSTILE = {
     ),
     "wrong fingerprint": lambda: _with_header(fingerprint="0" * 32),
     "wrong image id": lambda: _with_header(image_id=image_id_of(b"another")),
-    "unknown version": lambda: _with_header(format_version=2),
+    "unknown version": lambda: _with_header(format_version=3),
+    "unset version": lambda: _with_header(format_version=0),
+    "version 1 with metadata": lambda: _with_metadata(),
     "lying data_length": lambda: _with_header(data_length=1),
     "bad grid": lambda: _with_header(grid_thw=[1, 0, 4]),
     "header field but no data field": lambda: b"\x0a\x02\x08\x01\x0a\x00",
@@ -142,6 +151,111 @@ def test_hostile_values_raise_bad_record(name: str) -> None:
     value = HOSTILE[name]()
     with pytest.raises(record.BadRecord):
         decode(value)
+
+
+def make_extras_value(version: int | None = None, **extras: torch.Tensor) -> bytes:
+    features = torch.randn(4, HIDDEN)
+    extras = extras or {"deepstack": torch.randn(2, 4, HIDDEN)}
+    header, raw = record.make_header(
+        fingerprint=FINGERPRINT, image_id=IMAGE_ID, tensor=features, grid_thw=[1, 4, 4], extras=extras
+    )
+    if version is not None:
+        header.format_version = version
+    return record.encode(header, raw)
+
+
+def test_a_single_tensor_record_stays_version_1() -> None:
+    """Readers that only know version 1 keep reading every single-tensor family's records."""
+    header, _ = record.split(make_value())
+    assert header.format_version == record.FORMAT_VERSION == 1
+    assert not header.extras and not header.metadata
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extras_and_metadata_round_trip_exactly(dtype: torch.dtype) -> None:
+    features = torch.randn(4, HIDDEN).to(dtype)
+    extras = {"deepstack": torch.randn(3, 4, HIDDEN).to(dtype), "scale": torch.randn(4).to(torch.float16)}
+    header, raw = record.make_header(
+        fingerprint=FINGERPRINT, image_id=IMAGE_ID, tensor=features, extras=extras,
+        metadata={"image_size": [56, 112]},
+    )  # fmt: skip
+    value = record.encode(header, raw)
+    parsed = common_pb2.EmbeddingRecord()
+    parsed.ParseFromString(value)  # still a plain EmbeddingRecord to any proto reader
+    assert parsed.header == header and header.format_version == record.EXTRAS_VERSION
+    back_header, data = record.split(value)
+    record.validate(
+        back_header, len(data), record.Expected(FINGERPRINT, HIDDEN, IMAGE_ID, 4, ("scale", "deepstack"))
+    )
+    embedding = Embedding.from_record(back_header, data)
+    assert torch.equal(embedding.features, features)
+    assert list(embedding.extras) == ["deepstack", "scale"]
+    assert all(torch.equal(embedding.extras[k], v) for k, v in extras.items())
+    assert embedding.metadata == {"image_size": (56, 112)}
+    assert embedding.to_record() == value
+    assert decode_inline(value, record.Expected(FINGERPRINT, HIDDEN, IMAGE_ID)).extras.keys() == extras.keys()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (lambda: make_extras_value(version=1), "version 1"),
+        (lambda: make_extras_value(version=3), "unknown format version"),
+        (lambda: make_extras_value(), "extras"),  # read as a family without extras
+    ],
+    ids=["version 1 with extras", "newer version", "unexpected extras"],
+)
+def test_records_a_reader_cannot_use_are_refused(value, message: str) -> None:  # type: ignore[no-untyped-def]
+    header, data = record.split(value())
+    with pytest.raises(record.BadRecord, match=message):
+        record.validate(header, len(data), record.Expected(FINGERPRINT, HIDDEN, IMAGE_ID, extras=()))
+
+
+def test_a_record_missing_an_expected_extra_is_refused() -> None:
+    header, data = record.split(make_value())
+    with pytest.raises(record.BadRecord, match="extras"):
+        record.validate(
+            header, len(data), record.Expected(FINGERPRINT, HIDDEN, IMAGE_ID, extras=("deepstack",))
+        )
+
+
+def _with_extra_spec(**changes: object) -> bytes:
+    header, data = record.split(make_extras_value())
+    spec = header.extras[0]
+    for name, value in changes.items():
+        if isinstance(value, list):
+            getattr(spec, name)[:] = value
+        else:
+            setattr(spec, name, value)
+    return record.encode(header, data)
+
+
+def _renamed(value: bytes, name: str) -> bytes:
+    """``value`` with its last extra tensor renamed to ``name``."""
+    header, data = record.split(value)
+    header.extras[-1].name = name
+    return record.encode(header, data)
+
+
+EXTRA_HOSTILE = {
+    "unknown extra dtype": lambda: _with_extra_spec(dtype=9),
+    "zero extra dim": lambda: _with_extra_spec(shape=[0, 4, HIDDEN]),
+    "negative extra dim": lambda: _with_extra_spec(shape=[-2, 4, HIDDEN]),
+    "five extra dims": lambda: _with_extra_spec(shape=[1, 1, 2, 4, HIDDEN]),
+    "huge extra": lambda: _with_extra_spec(shape=[1 << 30, 1 << 30]),
+    "extra shape lies about length": lambda: _with_extra_spec(shape=[1, 4, HIDDEN]),
+    "empty extra name": lambda: _with_extra_spec(name=""),
+    "duplicate extra names": lambda: _renamed(make_extras_value(a=torch.zeros(2), b=torch.zeros(2)), "a"),
+    "extras truncated": lambda: make_extras_value()[:-4],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_HOSTILE))
+def test_hostile_extras_raise_bad_record(name: str) -> None:
+    value = EXTRA_HOSTILE[name]()
+    with pytest.raises(record.BadRecord):
+        header, data = record.split(value)
+        record.validate(header, len(data), record.Expected(FINGERPRINT, HIDDEN))
 
 
 def test_expected_token_count_is_enforced() -> None:
