@@ -4,6 +4,7 @@
   separate processes, health-checked, stopped cleanly on Ctrl-C or SIGTERM.
 - ``tandem generate``: one request (prompt plus images) to a gateway; prints the answer.
 - ``tandem chat``: an interactive multi-turn session kept by the gateway (``/help`` inside).
+- ``tandem bench``: serving benchmarks against any OpenAI-compatible server (``bench/README.md``).
 
 The client commands talk to ``--address``, else ``$TANDEM_ADDRESS``, else localhost:50051.
 
@@ -16,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tandem.cli import chat, remote, up
+from tandem.cli import bench, chat, remote, up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_parser(commands)
     remote.add_generate_parser(commands)
     chat.add_parser(commands)
+    bench.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,45 @@
+"""``tandem bench``'s command line: every option explained, options reach the configs."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from tandem.cli import bench as bench_cli
+from tandem.cli import build_parser
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["serve", "hf", "compare", "checkpoint"])
+def test_every_option_has_help(command: str) -> None:
+    parser = subparsers(subparsers(build_parser())["bench"])[command]
+    assert parser.description
+    for action in parser._actions:
+        assert action.help and action.help.strip(), action.dest
+
+
+def test_serve_options_reach_the_dataset() -> None:
+    args = build_parser().parse_args(
+        ["bench", "serve", "--dataset", "random-mm", "--mm-image-size", "224x224", "--mm-image-size", "64x32",
+         "--mm-reuse", "0.8", "--num-prompts", "7", "--turns", "4", "--goodput", "ttft:500", "tpot:50"]
+    )  # fmt: skip
+    dataset = bench_cli._dataset(args)
+    assert dataset.image_sizes == ((224, 224), (64, 32)) and dataset.reuse == 0.8
+    assert (dataset.num_conversations, dataset.turns) == (7, 4)
+    assert bench_cli._slo(args) is not None
+
+
+def test_bad_values_fail_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["bench", "serve", "--mm-reuse", "2"])
+    assert args.run(args) == 2
+    assert "reuse" in capsys.readouterr().err
+
+
+def test_compare_of_missing_files_fails(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = build_parser().parse_args(["bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert args.run(args) == 2
