@@ -92,6 +92,7 @@ def sampling_from_pb(s: common_pb2.SamplingParams) -> Sampling:
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
         stop_token_ids=tuple(s.stop_token_ids),
+        ignore_eos=s.ignore_eos,
     )
 
 
@@ -107,6 +108,7 @@ def sampling_to_pb(s: Sampling) -> common_pb2.SamplingParams:
         repetition_penalty=s.repetition_penalty,
         stop=list(s.stop),
         stop_token_ids=list(s.stop_token_ids),
+        ignore_eos=s.ignore_eos,
     )
     if s.seed is not None:
         out.seed = s.seed

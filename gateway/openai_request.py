@@ -5,7 +5,8 @@ Accepted (OpenAI Chat Completions): ``model`` (may be left out: the served model
 ``image_url`` parts, ``detail`` ignored), ``max_completion_tokens`` (or the older
 ``max_tokens``), ``temperature`` (OpenAI's default 1.0; 0 is greedy), ``top_p``, ``stop`` (a
 string or a list), ``seed``, ``n`` (only 1), ``stream``, ``stream_options.include_usage``.
-Extensions, as vLLM accepts them: ``top_k``, ``repetition_penalty``, ``stop_token_ids``, and
+Extensions, as vLLM accepts them: ``top_k``, ``repetition_penalty``, ``stop_token_ids``,
+``ignore_eos`` (a boolean: the model's end-of-sequence ids do not end generation), and
 ``session_id`` (server-side history: only the last user message is used, the session supplies
 the rest). Features the server does not have (tools, logprobs, penalties, logit bias, structured
 output) are refused, never silently dropped. Unknown fields are ignored. Text the wire cannot
@@ -185,6 +186,7 @@ def _sampling(body: dict[str, Any]) -> Sampling:
         seed=_int(body, "seed", 0, _MAX_SEED),
         stop=_stop(body),
         stop_token_ids=tuple(stop_ids),
+        ignore_eos=_get(body, "ignore_eos", bool, False),
     )
 
 

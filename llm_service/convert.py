@@ -41,6 +41,7 @@ def sampling_from_pb(params: common_pb2.SamplingParams, default_max_new_tokens: 
             seed=params.seed if params.HasField("seed") else None,
             stop=tuple(params.stop),
             stop_token_ids=tuple(params.stop_token_ids),
+            ignore_eos=params.ignore_eos,
         )
     except ValueError as exc:
         raise InvalidInput(f"invalid sampling parameters: {str(exc).replace('self.', '')}") from None

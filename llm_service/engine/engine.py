@@ -1,4 +1,4 @@
-"""The engine's public face: validation, admission, streaming to asyncio, the scheduler thread."""
+"""The engine's public face: validation, admission, streaming to asyncio, the engine thread."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence as Seq
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llm_service.engine.scheduler import Scheduler
+from llm_service.engine.core import EngineCore
 from llm_service.engine.sequence import Sequence
 from llm_service.engine.types import EngineConfig, EngineRequest, LanguageModel, SamplingConfig, TokenEvent
 from tandem.errors import InvalidInput, TandemError, Unavailable
@@ -24,7 +24,7 @@ class Engine:
     """Continuous-batching generation over one ``LanguageModel``, streamed to asyncio callers.
 
     Lifecycle: ``Engine(...)`` -> ``warmup()`` (optional; works before or after ``start``) ->
-    ``start()`` (the scheduler thread that alone runs the model) -> ``generate(...)`` from any
+    ``start()`` (the engine thread that alone runs the model, ``EngineCore``) -> ``generate(...)`` from any
     number of asyncio tasks -> ``stop()`` (queued and running requests get ``Unavailable``).
 
     ``generate`` validates before any work (``InvalidInput``), refuses at once when
@@ -46,18 +46,18 @@ class Engine:
         self.config = config
         self.eos_token_ids = tuple(eos_token_ids)
         self.metrics = metrics if metrics is not None else Metrics()
-        self._scheduler = Scheduler(model, config, self.metrics)
+        self._core = EngineCore(model, config, self.metrics)
         self._thread: threading.Thread | None = None
 
     @property
     def running(self) -> int:
         """Sequences in the decode batch."""
-        return self._scheduler.running
+        return self._core.scheduler.num_running
 
     @property
     def waiting(self) -> int:
         """Requests queued for a batch slot."""
-        return self._scheduler.waiting
+        return self._core.scheduler.num_waiting
 
     def start(self) -> None:
         if self._thread is not None:
@@ -66,22 +66,18 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
-        self._scheduler.shutdown()
+        self._core.shutdown()
         if self._thread is not None:
             self._thread.join()
-        self._scheduler.fail_all(Unavailable("the language engine stopped"))
-
-    def drop_session(self, session_id: str) -> None:
-        """Forget a session's cached KV (e.g. the session was deleted)."""
-        self._scheduler.sessions.drop(session_id)
+        self._core.fail_all(Unavailable("the language engine stopped"))
 
     def _run(self) -> None:
         try:
-            self._scheduler.run()
+            self._core.run()
         except BaseException:
-            log.exception("the engine's scheduler loop crashed")
-            self._scheduler.shutdown()
-            self._scheduler.fail_all(Unavailable("the language engine failed"))
+            log.exception("the engine's loop crashed")
+            self._core.shutdown()
+            self._core.fail_all(Unavailable("the language engine failed"))
             raise
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]:
@@ -99,7 +95,7 @@ class Engine:
                 seq.cancelled = True
 
         seq = Sequence(request, sink, self.tokenizer, self.eos_token_ids)
-        self._scheduler.submit(seq)
+        self._core.submit(seq)
         finished = False
         try:
             while not finished:
@@ -114,7 +110,7 @@ class Engine:
                 yield item
         finally:
             if not finished:
-                self._scheduler.cancel(seq)
+                self._core.cancel(seq)
 
     def _validate(self, request: EngineRequest) -> None:
         n, sampling = len(request.prompt_keys), request.sampling
@@ -153,7 +149,7 @@ class Engine:
             if isinstance(item, BaseException) or item.finish_reason is not None:
                 done.set()
 
-        self._scheduler.submit(Sequence(request, sink, self.tokenizer, ()))
+        self._core.submit(Sequence(request, sink, self.tokenizer, ()))
         if self._thread is not None:
             while not done.wait(0.05):
                 if not self._thread.is_alive():
@@ -161,6 +157,6 @@ class Engine:
         else:
             with torch.inference_mode():
                 while not done.is_set():
-                    self._scheduler.step()
+                    self._core.step()
         if isinstance(results[-1], BaseException):
             raise RuntimeError("engine warm-up failed") from results[-1]

@@ -26,6 +26,25 @@ class GrowingLayer(DynamicLayer):
         self._value_buffer: torch.Tensor | None = None
 
     @classmethod
+    def over(cls, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int) -> GrowingLayer:
+        """A growing layer holding the first ``length`` positions of the given buffers."""
+        out = cls()
+        out.lazy_initialization(key_buffer, value_buffer)
+        out._key_buffer, out._value_buffer = key_buffer, value_buffer
+        out.keys, out.values = key_buffer[..., :length, :], value_buffer[..., :length, :]
+        return out
+
+    @property
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The buffers ``keys``/``values`` are prefix views of (None if they are not)."""
+        keys, values = self._key_buffer, self._value_buffer
+        if keys is None or values is None:
+            return None
+        if not (_is_prefix_view(self.keys, keys) and _is_prefix_view(self.values, values)):
+            return None
+        return keys, values
+
+    @classmethod
     def adopt(cls, layer: DynamicLayer) -> GrowingLayer:
         """A growing layer holding ``layer``'s tensors (no copy until it needs room)."""
         out = cls()
@@ -61,11 +80,16 @@ class GrowingLayer(DynamicLayer):
             and _is_prefix_view(self.values, values)
         ):
             return keys, values
-        capacity = needed + max(self._headroom, needed // 4)
+        capacity = capacity_for(needed, self._headroom)
         keys = _grown(self.keys, key_states, capacity, length)
         values = _grown(self.values, value_states, capacity, length)
         self._key_buffer, self._value_buffer = keys, values
         return keys, values
+
+
+def capacity_for(length: int, headroom: int = 64) -> int:
+    """Positions a new buffer for ``length`` positions gets (room to grow without a copy)."""
+    return length + max(headroom, length // 4)
 
 
 def _is_prefix_view(view: torch.Tensor | None, buffer: torch.Tensor) -> bool:

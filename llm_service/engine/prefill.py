@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from llm_service.engine.prefix_cache import KVBlock
 from llm_service.engine.sequence import Sequence
+from llm_service.engine.types import EngineRequest
 
 
 @dataclass(eq=False)
 class PrefillJob:
     """A sequence whose prompt is (partly) still to be run through the model.
 
-    ``done`` prompt positions are already in ``cache`` (a reused session prefix or earlier chunks;
-    ``cache`` is None when ``done`` is 0); this step runs the next ``take`` positions.
+    ``done`` prompt positions are already computed: in ``cache`` (earlier chunks), or, before
+    the job's first forward, in the prefix cache's ``hit`` blocks (``cache`` None); this step runs
+    the next ``take`` positions. The scheduler decides ``done``/``take``; ``cache`` and ``hit``'s
+    KV are the runner's.
     """
 
     seq: Sequence
     cache: Any
     done: int
     take: int = 0
+    hit: list[KVBlock] = field(default_factory=list)
 
     @property
     def remaining(self) -> int:
@@ -58,16 +63,22 @@ def padded_inputs(
     """Left-padded (inputs_embeds [B, W, H], position_ids [B, W] or [3, B, W], mask [B, past + W]).
 
     Each job contributes prompt positions ``done .. done + take``; with one job and a cache the
-    mask also covers its ``done`` cached positions.
+    mask also covers its ``done`` cached positions. When a job's request has ``layer_inputs``
+    [L, K, H], inputs_embeds is [B, W, (1 + K) * H]: columns H.. hold them (zeros for other rows;
+    see ``LanguageModel``).
     """
     width = max(job.take for job in jobs)
     hidden = jobs[0].seq.request.inputs_embeds.shape[1]
-    embeds = torch.zeros(len(jobs), width, hidden, dtype=dtype, device=device)
+    layers = [job.seq.request.layer_inputs for job in jobs]
+    extra = max((t.shape[1] * t.shape[2] for t in layers if t is not None), default=0)
+    embeds = torch.zeros(len(jobs), width, hidden + extra, dtype=dtype, device=device)
     positions = torch.zeros(position_dims, len(jobs), width, dtype=torch.long, device=device)
     mask = torch.zeros(len(jobs), width, dtype=torch.long, device=device)
     for row, job in enumerate(jobs):
         request, span = job.seq.request, slice(job.done, job.done + job.take)
-        embeds[row, width - job.take :] = request.inputs_embeds[span].to(device, dtype)
+        embeds[row, width - job.take :, :hidden] = request.inputs_embeds[span].to(device, dtype)
+        if (layer := layers[row]) is not None:
+            embeds[row, width - job.take :, hidden:] = layer[span].flatten(1).to(device, dtype)
         positions[:, row, width - job.take :] = request.position_ids[:, span].to(device)
         mask[row, width - job.take :] = 1
     if len(jobs) == 1 and jobs[0].done:
@@ -101,3 +112,19 @@ def chunk_take(job: PrefillJob, budget: int) -> int:
         if start < end < stop:
             end = start if start > job.done else stop
     return end - job.done
+
+
+def reusable_length(request: EngineRequest, n: int) -> int:
+    """``n`` cached prompt positions backed off so that they never end inside an image (a run of
+    negative keys) or an attention block: the first position to prefill starts one, or is text."""
+    keys, moved = request.prompt_keys, True
+    while n > 0 and moved:
+        moved = False
+        for start, end in request.attention_blocks:
+            if start < n < end:
+                n, moved = start, True
+        if 0 < n < len(keys) and keys[n - 1] < 0 and keys[n] < 0:
+            while n > 0 and keys[n - 1] < 0:
+                n -= 1
+            moved = True
+    return n

@@ -63,23 +63,27 @@ def sample(logits: torch.Tensor, rows: Sequence[RowSampler]) -> list[Sampled]:
 
 def _sample(logits: torch.Tensor, rows: Sequence[RowSampler]) -> list[Sampled]:
     scores = _apply_repetition_penalty(logits.float(), rows)
-    usable = _usable(scores).tolist()
+    best, usable = _best(scores)
     tokens: list[Sampled] = [
-        token if ok else GenerationFailed(NON_FINITE_MESSAGE)
-        for token, ok in zip(scores.argmax(dim=-1).tolist(), usable, strict=True)
+        token if ok else GenerationFailed(NON_FINITE_MESSAGE) for token, ok in zip(best, usable, strict=True)
     ]
     sampled = [i for i, row in enumerate(rows) if not row.config.greedy and usable[i]]
     if sampled:
         probs = _probabilities(scores[sampled], [rows[i].config for i in sampled])
-        drawable = _usable(probs).tolist()
+        _, drawable = _best(probs)
         for j, i in enumerate(sampled):
             tokens[i] = _draw(probs[j], rows[i]) if drawable[j] else GenerationFailed(NON_FINITE_MESSAGE)
     return tokens
 
 
-def _usable(scores: torch.Tensor) -> torch.Tensor:
-    """Per row: no NaN, no +inf, at least one finite value (-inf marks impossible tokens)."""
-    return ~(scores.isnan() | scores.isposinf()).any(dim=-1) & scores.isfinite().any(dim=-1)
+def _best(scores: torch.Tensor) -> tuple[list[int], list[bool]]:
+    """Per row: the argmax (the first of equal maxima) and whether the row is usable: no NaN, no
+    +inf, at least one finite value (-inf marks impossible tokens). One pass over the scores and
+    one copy to the host: a row's max is NaN if it holds one (max propagates NaN), +inf if it
+    holds that, -inf if nothing is finite, so the row is usable exactly when its max is finite."""
+    values, indices = scores.max(dim=-1)
+    both = torch.stack([indices, values.isfinite().long()]).tolist()
+    return both[0], [bool(ok) for ok in both[1]]
 
 
 def _draw(probs: torch.Tensor, row: RowSampler) -> Sampled:

@@ -1,4 +1,9 @@
-"""The scheduler loop: the one thread that runs the model (admit, prefill, batched decode, retire)."""
+"""The scheduler: what runs each step, and what each step's tokens mean for their requests.
+
+It decides (admission, fair queueing, the prefill budget and its chunks, which rows decode, which
+retire) and delivers (events to each request's sink); it never touches the model or a tensor.
+``ModelRunner`` (runner.py) runs what it decides; ``EngineCore`` (core.py) ties the two together.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
 
-import torch
-
-from llm_service.engine.batch import DecodeBatch
 from llm_service.engine.fair_queue import FairQueue
-from llm_service.engine.prefill import PrefillJob, block_ids, chunk_take, group_by_length, padded_inputs
-from llm_service.engine.sampling import Sampled, sample
-from llm_service.engine.sequence import Sequence
-from llm_service.engine.session_cache import SessionCache
-from llm_service.engine.types import EngineConfig, GenerationFailed, LanguageModel
+from llm_service.engine.prefill import PrefillJob, chunk_take, group_by_length, reusable_length
+from llm_service.engine.prefix_cache import KVBlock, PrefixCache, extend_digests
+from llm_service.engine.sampling import Sampled
+from llm_service.engine.sequence import Sequence, SequenceStatus
+from llm_service.engine.types import EngineConfig, GenerationFailed
 from tandem.errors import Overloaded, Unavailable
 from tandem.metrics import Metrics
 
@@ -26,37 +27,33 @@ TEXT_FAILED_MESSAGE = "turning this request's tokens into text failed; generatio
 
 
 class Scheduler:
-    """Continuous batching over one ``LanguageModel``.
+    """Continuous batching decisions over the waiting and running sequences.
 
-    ``submit``/``cancel`` may be called from any thread; everything else runs on the scheduler
-    thread (``run``), or on the caller's thread when no scheduler thread runs (``step``).
+    ``submit``/``cancel``/``shutdown``/``wait_for_work`` may be called from any thread;
+    everything else runs on the engine thread. ``running[i]`` is row ``i`` of the runner's decode
+    batch: both change only through ``retire`` (rows kept, in order) and ``prefilled`` (rows
+    appended), which ``EngineCore`` applies to both sides.
 
-    One step: retire finished and cancelled rows (a cancelled queued request is dropped unseen:
-    never prefilled); prefill up to ``max_prefill_tokens`` prompt positions (whole fresh prompts
-    of similar length share one padded forward; a session's next turn runs only the suffix after
-    its reused KV; a prompt larger than the budget left is prefilled in chunks over several
-    steps, one at a time); a sequence whose prompt is done samples its first token and joins the
-    batch; then one decode step for the whole batch. A row finishing with a session id leaves
-    its KV in the session cache. Queued requests are admitted fairly across tenants
-    (``FairQueue``: round robin, at most ``EngineConfig.tenant_cap`` rows per tenant while
-    another tenant waits).
+    A step (driven by ``EngineCore``): ``retire`` finished and cancelled rows (a cancelled queued
+    request is dropped unseen: never prefilled); ``schedule_prefill`` picks up to
+    ``max_prefill_tokens`` prompt positions (the partly prefilled prompt first, then queued
+    requests while batch slots last, fairly across tenants: ``FairQueue``, at most
+    ``EngineConfig.tenant_cap`` rows per tenant while another tenant waits), grouping whole fresh
+    prompts of similar length and chunking a prompt larger than the budget left; ``prefilled``
+    puts a finished prompt's first token out and its row in the batch; then every running row
+    decodes (``decoded``).
 
-    Failures stay as narrow as the state they spoil. A row whose token cannot be sampled
-    (non-finite scores) or whose text step raises (stop strings, detokenisation) fails alone
-    with ``GenerationFailed``; the others keep streaming. A failed forward fails every row it
-    carried (one prefill group, or the whole decode batch): it may have half-updated the shared
-    KV cache, so no row's state can be trusted, and retrying rows one by one would need each
-    row's KV rebuilt from its prompt, which is a new request's work.
+    A row whose token cannot be sampled (``GenerationFailed``) or whose text step raises (stop
+    strings, detokenisation) fails alone; the others keep streaming.
     """
 
-    def __init__(self, model: LanguageModel, config: EngineConfig, metrics: Metrics) -> None:
-        self.model = model
+    def __init__(self, config: EngineConfig, metrics: Metrics, prefix: PrefixCache) -> None:
         self.config = config
         self.metrics = metrics
-        self.sessions = SessionCache(config.session_cache_entries)
-        self.batch: DecodeBatch[Sequence] = DecodeBatch(model.new_cache, model.device)
-        self._inbox = FairQueue()
-        self._partial: PrefillJob | None = None
+        self.prefix = prefix
+        self.running: list[Sequence] = []
+        self.partial: PrefillJob | None = None  # a prompt prefilled in chunks, between two steps
+        self._waiting = FairQueue()
         self._cond = threading.Condition()
         self._stopping = False
 
@@ -65,13 +62,13 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise Unavailable("the language engine is not running")
-            free_slots = max(0, self.config.max_batch_size - self.running)
-            if len(self._inbox) >= self.config.max_queue + free_slots:
+            free_slots = max(0, self.config.max_batch_size - self.num_running)
+            if len(self._waiting) >= self.config.max_queue + free_slots:
                 self.metrics.inc("engine_overloaded")
                 raise Overloaded(f"too many waiting requests ({self.config.max_queue}); retry later")
-            self._inbox.append(seq)
+            self._waiting.append(seq)
             self._cond.notify()
-        self._set_gauges()
+        self.set_gauges()
 
     def cancel(self, seq: Sequence) -> None:
         seq.cancelled = True
@@ -79,62 +76,132 @@ class Scheduler:
             self._cond.notify()
 
     @property
-    def waiting(self) -> int:
-        return len(self._inbox)
+    def num_waiting(self) -> int:
+        return len(self._waiting)
 
     @property
-    def running(self) -> int:
-        return len(self.batch) + (self._partial is not None)
+    def num_running(self) -> int:
+        return len(self.running) + (self.partial is not None)
 
     def shutdown(self) -> None:
-        """Stop the loop after its current step."""
+        """Make ``wait_for_work`` return False (the loop stops after its current step)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
 
-    # -- scheduler thread ---------------------------------------------------------------------
-    def run(self) -> None:
-        """Step until ``shutdown``; sleeps while there is nothing to do."""
-        with torch.inference_mode():
-            while True:
-                with self._cond:
-                    while not self._stopping and not self._inbox and not self.running:
-                        self._cond.wait()
-                    if self._stopping:
-                        return
-                self.step()
-
-    def fail_all(self, error: BaseException) -> None:
-        """Deliver ``error`` to every queued and running sequence and forget them."""
+    def wait_for_work(self) -> bool:
+        """Sleep until a sequence waits or runs; False once ``shutdown`` was called."""
         with self._cond:
-            queued = self._inbox.drain()
-        partial = [self._partial.seq] if self._partial else []
-        self._fail(queued + partial + self.batch.items, error)
-        self._partial = None
-        self.batch.keep([])
-        self._set_gauges()
+            while not self._stopping and not self._waiting and not self.num_running:
+                self._cond.wait()
+            return not self._stopping
 
-    def step(self) -> None:
-        self._retire()
-        self._admit()
-        self._retire()
-        if len(self.batch):
-            self._decode()
-            self._retire()
-        self._set_gauges()
+    # -- engine thread --------------------------------------------------------------------------
+    def drain(self) -> list[Sequence]:
+        """Every queued, partly prefilled and running sequence; the scheduler forgets them all."""
+        with self._cond:
+            queued = self._waiting.drain()
+        partial = [self.partial.seq] if self.partial else []
+        seqs, self.partial, self.running = queued + partial + self.running, None, []
+        return seqs
 
-    def _retire(self) -> None:
-        """Drop finished rows (keeping session KV) and cancelled ones (final "cancelled" event)."""
-        keep = []
-        for row, seq in enumerate(self.batch.items):
+    def retire(self) -> tuple[list[int], list[int]]:
+        """Drop finished and cancelled rows (a cancelled one gets its final "cancelled" event).
+
+        Returns (the rows that stay, in order; the finished rows whose KV may be kept for reuse).
+        """
+        keep, reusable = [], []
+        for row, seq in enumerate(self.running):
             if seq.done:
-                if not seq.failed:
-                    self._remember(seq, row)
+                if seq.status is SequenceStatus.FINISHED:
+                    reusable.append(row)
             elif seq.cancelled:
                 self._cancelled(seq)
             else:
                 keep.append(row)
-        self.batch.keep(keep)
+        self.running = [self.running[row] for row in keep]
+        return keep, reusable
+
+    def schedule_prefill(self) -> list[list[PrefillJob]]:
+        """This step's prefill work, as groups that each run as one forward."""
+        jobs = self._plan()
+        whole = [job for job in jobs if job.whole]
+        return group_by_length(whole) + [[job] for job in jobs if not job.whole]
+
+    def _plan(self) -> list[PrefillJob]:
+        """The partial prompt first, then queued requests, fairly, within the prefill budget."""
+        budget, jobs = self.config.max_prefill_tokens, list[PrefillJob]()
+        partial, self.partial = self.partial, None
+        if partial is not None and partial.seq.cancelled:
+            self._cancelled(partial.seq)
+            partial = None
+        running = Counter(seq.request.tenant for seq in self.running)
+        while budget > 0 and len(self.running) + len(jobs) < self.config.max_batch_size:
+            job = partial if partial is not None else self._start(self._next_queued(running))
+            if job is None:
+                break
+            partial, job.take = None, chunk_take(job, budget)
+            budget -= job.take
+            running[job.seq.request.tenant] += 1
+            jobs.append(job)
+        return jobs
+
+    def _next_queued(self, running: Counter[str]) -> Sequence | None:
+        with self._cond:
+            return self._waiting.pop(running, self.config.tenant_cap, self._cancelled)
+
+    def _start(self, seq: Sequence | None) -> PrefillJob | None:
+        """A job for a newly admitted sequence, starting after its prefix-cache hit if any."""
+        if seq is None:
+            return None
+        hit, done = self._lookup(seq)
+        seq.cached_tokens, seq.status = done, SequenceStatus.PREFILLING
+        return PrefillJob(seq, None, done, hit=hit)
+
+    def _lookup(self, seq: Sequence) -> tuple[list[KVBlock], int]:
+        """The prefix-cache blocks a prompt can start from and how many positions they give: the
+        longest cached prefix, ending before the prompt's last position (its logits are needed)
+        and never inside an image or an attention block."""
+        if not self.prefix.enabled:
+            return [], 0
+        request, size = seq.request, self.prefix.block_size
+        keys, positions = request.prompt_keys, request.position_ids
+        extend_digests(seq.block_digests, request.tenant, keys, positions, size)
+        blocks, length = self.prefix.match(request.tenant, seq.block_digests, keys, positions)
+        done = reusable_length(request, min(length, seq.prompt_len - 1))
+        return blocks[: -(-done // size)], done
+
+    def prefilled(self, jobs: list[PrefillJob], sampled: list[Sampled] | None) -> None:
+        """Record a prefill forward: a chunk waits for the next step (``sampled`` None); finished
+        prompts join the running rows (appended in order) and put their first token out."""
+        if sampled is None:
+            self.partial = jobs[0]
+            return
+        seqs = [job.seq for job in jobs]
+        for seq in seqs:
+            seq.status = SequenceStatus.RUNNING
+        self.running += seqs
+        for seq, token in zip(seqs, sampled, strict=True):
+            self._deliver(seq, token)
+        self.metrics.inc("prompt_tokens", sum(seq.prompt_len for seq in seqs))
+        self.metrics.inc("cached_prompt_tokens", sum(seq.cached_tokens for seq in seqs))
+        self.metrics.inc("engine_prefills", len(seqs))
+
+    def decoded(self, seqs: list[Sequence], sampled: list[Sampled]) -> None:
+        """Put out one decode step's tokens (a row cancelled meanwhile gets none)."""
+        for seq, token in zip(seqs, sampled, strict=True):
+            if not seq.cancelled:
+                self._deliver(seq, token)
+
+    def fail(self, seqs: list[Sequence], error: BaseException) -> None:
+        """Deliver ``error`` to ``seqs``: they are done (``retire`` drops running ones)."""
+        for seq in seqs:
+            seq.status = SequenceStatus.FAILED
+            seq.sink(error)
+
+    def set_gauges(self) -> None:
+        self.metrics.set("num_requests_waiting", self.num_waiting)
+        self.metrics.set("num_requests_running", self.num_running)
 
     def _cancelled(self, seq: Sequence) -> None:
         log.debug(
@@ -146,104 +213,11 @@ class Scheduler:
         self.metrics.inc("engine_cancelled")
         seq.sink(seq.cancel_event())
 
-    def _fail(self, seqs: list[Sequence], error: BaseException) -> None:
-        for seq in seqs:
-            seq.done = seq.failed = True
-            seq.sink(error)
-
-    def _next_queued(self, running: Counter[str]) -> Sequence | None:
-        with self._cond:
-            return self._inbox.pop(running, self.config.tenant_cap, self._cancelled)
-
-    def _plan(self) -> list[PrefillJob]:
-        """This step's prefill work: the partial prompt first, then queued requests, fairly."""
-        budget, jobs = self.config.max_prefill_tokens, list[PrefillJob]()
-        partial, self._partial = self._partial, None
-        if partial is not None and partial.seq.cancelled:
-            self._cancelled(partial.seq)
-            partial = None
-        running = Counter(seq.request.tenant for seq in self.batch.items)
-        while budget > 0 and len(self.batch) + len(jobs) < self.config.max_batch_size:
-            job = partial if partial is not None else self._start(self._next_queued(running))
-            if job is None:
-                break
-            partial, job.take = None, chunk_take(job, budget)
-            budget -= job.take
-            running[job.seq.request.tenant] += 1
-            jobs.append(job)
-        return jobs
-
-    def _start(self, seq: Sequence | None) -> PrefillJob | None:
-        """A job for a newly admitted sequence, with its session's reusable KV if any."""
-        if seq is None:
-            return None
-        request = seq.request
-        reused = self.sessions.take(request.session_id, request.prompt_keys) if request.session_id else None
-        cache, done = reused if reused is not None else (None, 0)
-        seq.cached_tokens = done
-        return PrefillJob(seq, cache, done)
-
-    def _admit(self) -> None:
-        jobs = self._plan()
-        whole = [job for job in jobs if job.whole]
-        groups = group_by_length(whole) + [[job] for job in jobs if not job.whole]
-        for group in groups:
-            try:
-                self._prefill(group)
-            except Exception as exc:
-                log.exception("prefill failed for %d request(s)", len(group))
-                self._fail([job.seq for job in group], exc)
-
-    def _prefill(self, jobs: list[PrefillJob]) -> None:
-        """One forward over ``jobs``; completed prompts sample their first token and join the batch."""
-        start, model = time.perf_counter(), self.model
-        embeds, positions, mask = padded_inputs(jobs, model.position_dims, model.dtype, model.device)
-        cache = jobs[0].cache if jobs[0].cache is not None else model.new_cache()
-        blocks = block_ids(jobs, mask)
-        extra: dict[str, Any] = {} if blocks is None else {"blocks": blocks}  # see LanguageModel
-        logits, cache = model.forward(embeds, positions, mask, cache, **extra)
-        completes = jobs[0].completes  # a group is whole prompts, or a single job
-        self.metrics.inc("engine_prefill_tokens", sum(job.take for job in jobs))
-        for job in jobs:
-            job.done, job.take, job.cache = job.done + job.take, 0, cache
-        if not completes:
-            self._partial = jobs[0]
-        else:
-            seqs = [job.seq for job in jobs]
-            self.batch.add([(seqs, cache, [seq.prompt_len for seq in seqs])])
-            for seq, token in zip(seqs, sample(logits, [s.sampler for s in seqs]), strict=True):
-                self._deliver(seq, token)
-            self.metrics.inc("prompt_tokens", sum(seq.prompt_len for seq in seqs))
-            self.metrics.inc("cached_prompt_tokens", sum(seq.cached_tokens for seq in seqs))
-            self.metrics.inc("engine_prefills", len(seqs))
-        self.metrics.observe("engine_prefill_seconds", time.perf_counter() - start)
-
-    def _decode(self) -> None:
-        start, seqs, model = time.perf_counter(), self.batch.items, self.model
-        try:
-            last = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.long, device=model.device)
-            embeds = model.embed(last)[:, None, :].to(model.dtype)
-            positions = torch.tensor([[s.last_position] for s in seqs], dtype=torch.long, device=model.device)
-            if model.position_dims != 1:
-                positions = positions[None].expand(model.position_dims, -1, -1)
-            mask = self.batch.next_mask()
-            logits, cache = model.forward(embeds, positions, mask, self.batch.cache)
-            self.batch.advance(cache, mask)
-        except Exception as exc:
-            log.exception("decode step failed; failing the %d running requests", len(seqs))
-            self._fail(seqs, exc)
-            self.batch.keep([])
-            return
-        for seq, token in zip(seqs, sample(logits, [s.sampler for s in seqs]), strict=True):
-            if not seq.cancelled:
-                self._deliver(seq, token)
-        self.metrics.observe("engine_decode_seconds", time.perf_counter() - start)
-
     def _deliver(self, seq: Sequence, token: Sampled) -> None:
         """Emit one row's token; a row that cannot go on fails alone (see the class doc)."""
         if isinstance(token, GenerationFailed):
             log.warning("request %s failed alone: %s", seq.request.request_id, token, extra=_ids(seq))
-            self._fail([seq], token)
+            self.fail([seq], token)
             return
         try:
             self._emit(seq, token)
@@ -251,7 +225,7 @@ class Scheduler:
             log.exception(
                 "request %s failed alone while processing its output", seq.request.request_id, extra=_ids(seq)
             )
-            self._fail([seq], GenerationFailed(TEXT_FAILED_MESSAGE))
+            self.fail([seq], GenerationFailed(TEXT_FAILED_MESSAGE))
 
     def _emit(self, seq: Sequence, token: int) -> None:
         now = time.perf_counter()
@@ -270,16 +244,6 @@ class Scheduler:
                 extra=_ids(seq),
             )
         seq.sink(event)
-
-    def _remember(self, seq: Sequence, row: int) -> None:
-        """Keep a finished row's KV for its session's next turn."""
-        if seq.request.session_id is None or self.config.session_cache_entries == 0:
-            return
-        self.sessions.put(seq.request.session_id, seq.cached_keys, self.batch.extract(row))
-
-    def _set_gauges(self) -> None:
-        self.metrics.set("num_requests_waiting", self.waiting)
-        self.metrics.set("num_requests_running", self.running)
 
 
 def _ids(seq: Sequence) -> dict[str, str]:

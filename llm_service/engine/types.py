@@ -8,6 +8,7 @@ the servicer consumes ``TokenEvent``s. Nothing here knows about protos or model 
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ from tandem.wire.types import Usage as Usage
 MIN_TEMPERATURE = 0.01
 """A temperature in (0, MIN_TEMPERATURE) is raised to it (vLLM's rule): dividing float32 scores by
 a tinier one overflows to infinity, and sampling that sharp is greedy in all but name."""
+DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
+"""The prefix cache's default bound (512 MiB of KV)."""
 REPETITION_PENALTY_RANGE = (0.01, 10.0)
 """Accepted repetition penalties (the HTTP API's range): far outside it, penalised scores
 overflow float32 or vanish, and no model is usable with such values anyway."""
@@ -41,6 +44,8 @@ class LanguageModel(Protocol):
     updated cache. The engine keeps sequences left-padded in one batched ``DynamicCache``.
     A model whose requests carry ``attention_blocks`` also takes ``blocks`` [B, past + L] on a
     prefill forward: each column's block number, -1 outside blocks (``llm_service.masks``).
+    A model whose requests carry ``layer_inputs`` [L, K, H] gets them on a prefill forward packed
+    after the embeddings: ``inputs_embeds`` [B, L, (1 + K) * H] (``prefill.padded_inputs``).
     """
 
     dtype: torch.dtype
@@ -86,6 +91,7 @@ class SamplingConfig:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # the model's end-of-sequence ids do not end generation (vLLM's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -115,15 +121,30 @@ class SamplingConfig:
         return self.temperature == 0.0
 
 
+@dataclass(frozen=True)
+class PromptImage:
+    """One image of a prompt, for an engine that takes token ids plus image embeddings (vLLM):
+    its first row, Tandem's image id, its features [num_tokens, H] and its patch grid, if any."""
+
+    start: int
+    image_id: str
+    features: torch.Tensor
+    grid_thw: tuple[int, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"PromptImage(start={self.start}, image={self.image_id[:12]}, rows={len(self.features)})"
+
+
 @dataclass
 class EngineRequest:
     """One generation: a prompt already merged into embeddings by the model adapter.
 
     ``prompt_keys`` has one key per prompt position (the token id, or a negative key derived
-    from (image_id, offset) at image positions); it is what session KV reuse compares.
+    from (image_id, offset) at image positions); the prefix cache matches by it.
     ``prompt_token_ids`` holds the token ids (placeholder id at image positions) for the
     repetition penalty. ``position_ids`` is [position_dims, L]; the first generated token sits
-    at ``next_position`` (all dims) and each later one at +1.
+    at ``next_position`` (all dims) and each later one at +1. ``images`` lists the prompt's
+    images for an engine that embeds the prompt itself (vLLM); ``inputs_embeds`` is then empty.
     """
 
     request_id: str
@@ -137,8 +158,12 @@ class EngineRequest:
     # Prompt ranges [start, end) whose positions attend to each other both ways during prefill
     # (Gemma 3's images); the rest is causal. A prefill chunk never ends inside one.
     attention_blocks: tuple[tuple[int, int], ...] = ()
-    session_id: str | None = None
-    tenant: str = ""  # who asked: batch slots are shared fairly between tenants (``FairQueue``)
+    # What prefill adds to the output of decoder layers 0..K-1 at each prompt row, [L, K, H]
+    # (Qwen3-VL's deepstack features; zeros at text rows); None for most requests.
+    layer_inputs: torch.Tensor | None = None
+    session_id: str | None = None  # for the logs: KV reuse goes by content (prefix_cache.py)
+    tenant: str = ""  # who asked: fair batch slots (``FairQueue``), its own prefix-cache blocks
+    images: tuple[PromptImage, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -146,6 +171,27 @@ class EngineRequest:
             f"image_tokens={self.image_tokens}, session={self.session_id is not None}, "
             f"sampling={self.sampling!r})"
         )
+
+
+class TokenEngine(Protocol):
+    """What the worker and its app call on an engine: ``llm_service.engine.Engine``, or
+    ``llm_service.vllm_engine.VllmEngine`` (``--engine vllm``)."""
+
+    def start(self) -> None:
+        """Make ``generate`` work (may block: run it off the event loop)."""
+        ...
+
+    def stop(self) -> None:
+        """End every request (``Unavailable``) and release the model."""
+        ...
+
+    def warmup(self) -> None:
+        """Run a dummy generation through the engine (blocking)."""
+        ...
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]:
+        """Stream ``request``'s events; closing the stream early cancels the request."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -176,16 +222,18 @@ class EngineConfig:
     ``Overloaded``); prompt + max_new_tokens must fit ``context_length``; at most
     ``max_prefill_tokens`` prompt positions are prefilled between two decode steps (a longer
     prompt is prefilled in chunks over several steps: this bounds the stall running streams
-    see); ``session_cache_entries`` sessions keep their last turn's KV (LRU); while another
-    tenant waits, one tenant runs at most ``max_running_per_tenant`` sequences (0: one less
-    than the batch, so another tenant always finds a slot).
+    see); the prefix cache keeps up to ``prefix_cache_bytes`` of KV for reuse by later requests
+    of the same tenant, in blocks of ``prefix_block_size`` positions (0 bytes disables it); while
+    another tenant waits, one tenant runs at most ``max_running_per_tenant`` sequences (0: one
+    less than the batch, so another tenant always finds a slot).
     """
 
     context_length: int
     max_batch_size: int = 16
     max_queue: int = 64
     max_prefill_tokens: int = 512
-    session_cache_entries: int = 64
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
+    prefix_block_size: int = 16
     max_running_per_tenant: int = 0
 
     @property
@@ -204,5 +252,7 @@ class EngineConfig:
             raise ValueError(f"{self.max_prefill_tokens=} must be >= 1")
         if self.max_running_per_tenant < 0:
             raise ValueError(f"{self.max_running_per_tenant=} must be >= 0 (0: max_batch_size - 1)")
-        if self.session_cache_entries < 0:
-            raise ValueError(f"{self.session_cache_entries=} must be >= 0 (0 disables KV reuse)")
+        if self.prefix_cache_bytes < 0:
+            raise ValueError(f"{self.prefix_cache_bytes=} must be >= 0 (0 disables KV reuse)")
+        if self.prefix_block_size < 1:
+            raise ValueError(f"{self.prefix_block_size=} must be >= 1")

@@ -24,8 +24,9 @@ class GenerationConfig:
 
     ``temperature=0`` (the default) is greedy decoding. ``max_new_tokens=None`` uses the server's
     default. ``stop_words`` end generation and are not part of the answer; ``stop_token_ids`` end
-    it in addition to the model's end-of-sequence ids. ``random_seed`` (alias ``seed``) makes
-    sampling reproducible.
+    it in addition to the model's end-of-sequence ids. ``ignore_eos`` keeps generating past the
+    model's end-of-sequence ids (up to ``max_new_tokens``, as LMDeploy's and vLLM's do: for
+    fixed-length benchmarks). ``random_seed`` (alias ``seed``) makes sampling reproducible.
     """
 
     max_new_tokens: int | None = None
@@ -37,6 +38,7 @@ class GenerationConfig:
     stop_token_ids: Sequence[int] | None = None
     random_seed: int | None = None
     seed: int | None = field(default=None, repr=False)
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -72,6 +74,7 @@ class GenerationConfig:
             repetition_penalty=self.repetition_penalty,
             stop=list(self.stop_words or ()),
             stop_token_ids=list(self.stop_token_ids or ()),
+            ignore_eos=self.ignore_eos,
         )
         if self.random_seed is not None:
             params.seed = self.random_seed

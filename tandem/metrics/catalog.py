@@ -130,9 +130,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _gauge("num_requests_waiting", "engine", "Requests queued for a batch slot."),
     _counter("prompt_tokens", "engine", "Prompt tokens of the requests prefilled (image tokens included)."),
     _counter("generation_tokens", "engine", "Tokens generated."),
-    _counter(
-        "cached_prompt_tokens", "engine", "Prompt tokens whose KV was reused from the session's last turn."
-    ),
+    _counter("cached_prompt_tokens", "engine", "Prompt tokens whose KV was reused from the prefix cache."),
+    _gauge("prefix_cache_bytes", "engine", "Bytes of KV held by the engine's prefix cache."),
     _counter(
         "request_success", "engine", "Requests that finished generating, by finish reason.", "finished_reason"
     ),

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
+from llm_service.engine.core import EngineCore
 from llm_service.engine.fair_queue import FairQueue
-from llm_service.engine.scheduler import Scheduler
 from llm_service.engine.sequence import Sequence
 from llm_service.engine.types import EngineConfig, SamplingConfig, TokenEvent
 from tandem.metrics import Metrics
@@ -48,12 +48,12 @@ class Admissions:
         return Sequence(request, sink, self.tokenizer, ())
 
 
-def _scheduler(**config: Any) -> tuple[Scheduler, ScriptedModel]:
+def _scheduler(**config: Any) -> tuple[EngineCore, ScriptedModel]:
     model = ScriptedModel([10] * 64, len(PROMPT), VOCAB, fallback=10)
-    return Scheduler(model, EngineConfig(context_length=256, **config), Metrics()), model
+    return EngineCore(model, EngineConfig(context_length=256, **config), Metrics()), model
 
 
-def _step(scheduler: Scheduler, times: int = 1) -> None:
+def _step(scheduler: EngineCore, times: int = 1) -> None:
     with torch.inference_mode():
         for _ in range(times):
             scheduler.step()
@@ -76,13 +76,13 @@ def test_one_tenant_never_holds_every_slot_while_another_waits(tokenizer: Any) -
     for i in range(8):
         scheduler.submit(seen.sequence(f"a{i}", "alice", tokens=40))
     _step(scheduler)
-    assert Counter(s.request.tenant for s in scheduler.batch.items) == {"alice": 4}  # nobody waited
+    assert Counter(s.request.tenant for s in scheduler.scheduler.running) == {"alice": 4}  # nobody waited
     scheduler.submit(seen.sequence("b0", "bob", tokens=40))
     scheduler.submit(seen.sequence("b1", "bob", tokens=40))
     while "a0" not in seen.finished:
         _step(scheduler)
     _step(scheduler)
-    running = Counter(s.request.tenant for s in scheduler.batch.items)
+    running = Counter(s.request.tenant for s in scheduler.scheduler.running)
     assert running["bob"] >= 1 and running["alice"] <= 3
 
 

@@ -128,6 +128,23 @@ async def test_eos_ends_generation_like_hf() -> None:
     assert got.final.usage is not None and got.final.usage.completion_tokens == 3
 
 
+@pytest.mark.parametrize("stop_ids", [(), (EOS,)])
+async def test_ignore_eos_runs_to_max_new_tokens_but_stop_token_ids_still_stop(
+    stop_ids: tuple[int, ...],
+) -> None:
+    script = [40, EOS, 41, EOS, 42]
+    model = ScriptedModel(script, start=3, vocab_size=300, fallback=43)
+    engine = Engine(model, byte_level_tokenizer(300), EngineConfig(context_length=64), [EOS])
+    sampling = SamplingConfig(max_new_tokens=7, ignore_eos=True, stop_token_ids=stop_ids)
+    with running_engine(engine):
+        got = await collect(engine, text_request(model, [5, 6, 7], sampling))
+    if stop_ids:  # asked for by the request itself: vLLM's ignore_eos keeps those
+        assert got.token_ids == [40, EOS] and got.final.finish_reason == "stop"
+    else:
+        assert got.token_ids == [40, EOS, 41, EOS, 42, 43, 43] and got.final.finish_reason == "length"
+        assert got.final.usage is not None and got.final.usage.completion_tokens == 7
+
+
 async def _scripted(text: str, sampling: SamplingConfig) -> tuple[Generation, Any]:
     tok = byte_level_tokenizer(300)
     script = tok.encode(text, add_special_tokens=False)

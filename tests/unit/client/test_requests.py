@@ -167,6 +167,8 @@ def test_generate_request_carries_sampling_and_a_request_id() -> None:
     assert sampling.temperature == pytest.approx(0.5) and sampling.top_p == pytest.approx(0.9)
     assert sampling.HasField("seed") and sampling.seed == 11
     assert config.random_seed == 11
+    assert not sampling.ignore_eos
+    assert build_generate_request("hi", GenerationConfig(ignore_eos=True)).sampling.ignore_eos
 
 
 def test_default_config_is_greedy_with_server_default_length() -> None:

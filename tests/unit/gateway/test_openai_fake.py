@@ -109,6 +109,13 @@ async def test_completion_json(served: tuple[FakeGateway, str]) -> None:
     assert body["usage"]["total_tokens"] == 10 and body["model"] == MODEL
     sampling = fake.calls[-1][1]
     assert (sampling.max_new_tokens, sampling.top_k, sampling.seed, sampling.temperature) == (9, 4, 3, 1.0)
+    assert sampling.ignore_eos is False
+
+
+async def test_ignore_eos_is_passed_on(served: tuple[FakeGateway, str]) -> None:
+    fake, base = served
+    status, _ = await _post(base, _body("hi", max_tokens=5, ignore_eos=True))
+    assert status == 200 and fake.calls[-1][1].ignore_eos is True
 
 
 async def test_model_name_may_be_the_basename(served: tuple[FakeGateway, str]) -> None:
@@ -233,6 +240,8 @@ def test_parse_messages_and_parts() -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"seed": -1}, "seed"),
         ({"stop": ["a", 3]}, "stop"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+        ({"ignore_eos": 1}, "ignore_eos"),
         ({"logprobs": True}, "logprobs"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),

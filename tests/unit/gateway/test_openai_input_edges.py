@@ -110,3 +110,9 @@ async def test_paired_surrogates_and_large_valid_ids_still_work(base: str) -> No
         http.post(f"{base}/v1/chat/completions", data=raw, headers=headers) as r,
     ):
         assert r.status == 200, await r.text()
+
+
+def test_sampling_round_trips_through_the_proto_with_ignore_eos() -> None:
+    sampling = Sampling(max_new_tokens=4, stop_token_ids=(7,), ignore_eos=True)
+    assert convert.sampling_from_pb(convert.sampling_to_pb(sampling)) == sampling
+    assert convert.sampling_to_pb(Sampling()).ignore_eos is False

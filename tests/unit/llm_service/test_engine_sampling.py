@@ -1,4 +1,4 @@
-"""Engine pieces as pure logic: sampling, configs, the session cache, the batched KV."""
+"""Engine pieces as pure logic: sampling, configs, the batched KV."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from transformers import DynamicCache
 
 from llm_service.engine.batch import DecodeBatch
+from llm_service.engine.kv_layer import GrowingLayer
 from llm_service.engine.sampling import RowSampler, sample
-from llm_service.engine.session_cache import SessionCache
 from llm_service.engine.types import EngineConfig, SamplingConfig
 
 
@@ -96,27 +96,8 @@ def _cache(length: int, fill: float) -> DynamicCache:
     return cache
 
 
-def test_session_cache_crops_to_the_shared_prefix_and_is_lru() -> None:
-    sessions = SessionCache(max_entries=2)
-    sessions.put("a", [1, 2, 3, 4, 5], _cache(5, 0.0))
-    sessions.put("b", [1, 2], _cache(2, 0.0))
-    sessions.put("c", [7, 8], _cache(2, 0.0))  # evicts "a"
-    assert sessions.take("a", [1, 2, 3]) is None
-    taken = sessions.take("b", [1, 2, 9])
-    assert taken is not None and taken[1] == 2 and taken[0].get_seq_length() == 2
-    assert sessions.take("b", [1, 2, 9]) is None  # handed over, not shared
-    sessions.put("d", [5, -11, -12, 6, 7], _cache(5, 0.0))
-    cache, n = sessions.take("d", [5, -11, -12, 6, 8, 9]) or (None, 0)
-    assert n == 4 and cache.get_seq_length() == 4
-    sessions.put("e", [5, 6], _cache(2, 0.0))
-    taken = sessions.take("e", [5, 6])  # at least one prompt position is left to prefill
-    assert taken is not None and taken[1] == 1 and taken[0].get_seq_length() == 1
-    sessions.put("f", [-11, 6], _cache(2, 0.0))
-    assert sessions.take("f", [-13, 6, 7]) is None  # another image at the same place
-
-
-def test_decode_batch_pads_left_filters_trims_and_extracts() -> None:
-    batch: DecodeBatch[str] = DecodeBatch(DynamicCache, torch.device("cpu"))
+def test_decode_batch_pads_left_filters_trims_and_copies_rows() -> None:
+    batch: DecodeBatch[str] = DecodeBatch(torch.device("cpu"))
     batch.add([(["a"], _cache(3, 10.0), [3])])
     batch.add([(["b"], _cache(5, 20.0), [5]), (["c"], _cache(2, 30.0), [2])])
     assert batch.items == ["a", "b", "c"] and batch.width == 5
@@ -126,9 +107,10 @@ def test_decode_batch_pads_left_filters_trims_and_extracts() -> None:
     batch.keep([2, 0])  # "b" leaves: two columns of padding go
     assert batch.items == ["c", "a"] and batch.width == 3
     assert batch.mask.tolist() == [[0, 1, 1], [1, 1, 1]]
-    row = batch.extract(0)
-    assert row.layers[0].keys[0, 0, :, 0].tolist() == [30, 31]
-    assert row.layers[0].values[0, 0, :, 0].tolist() == [-30, -31]
+    row = batch.row_kv(0, 0, 2)  # [layers, keys/values, heads, positions, dim]
+    assert row.shape == (1, 2, 1, 2, 1)
+    assert row[0, 0, 0, :, 0].tolist() == [30, 31] and row[0, 1, 0, :, 0].tolist() == [-30, -31]
+    assert batch.row_kv(1, 1, 3)[0, 0, 0, :, 0].tolist() == [11, 12]
     batch.keep([])
     assert len(batch) == 0 and batch.cache is None
 
@@ -137,11 +119,11 @@ def test_decode_batch_adds_a_padded_group_as_one_part() -> None:
     group = DynamicCache()
     keys = torch.tensor([[0.0, 1, 2, 3], [0, 0, 5, 6]]).view(2, 1, 4, 1)
     group.update(keys, keys, 0)
-    batch: DecodeBatch[str] = DecodeBatch(DynamicCache, torch.device("cpu"))
+    batch: DecodeBatch[str] = DecodeBatch(torch.device("cpu"))
     batch.add([(["a"], _cache(6, 10.0), [6]), (["b", "c"], group, [4, 2])])
     assert batch.items == ["a", "b", "c"] and batch.lengths == [6, 4, 2]
     assert batch.mask.tolist() == [[1] * 6, [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
-    assert batch.extract(2).layers[0].keys[0, 0, :, 0].tolist() == [5, 6]
+    assert batch.row_kv(2, 0, 2)[0, 0, 0, :, 0].tolist() == [5, 6]
     assert batch.next_mask().shape == (3, 7)
 
 
@@ -193,3 +175,32 @@ def test_growing_layer_appends_in_place_and_survives_outside_edits() -> None:
     kept = layer.keys.data_ptr()
     layer.update(torch.full((1, 1, 1, 4), 11.0), torch.zeros(1, 1, 1, 4))
     assert layer.keys.data_ptr() == kept and layer.keys[0, 0, :, 0].tolist() == [1, 2, 3, 4, 5, 6, 11]
+
+
+def test_decode_batch_joins_and_leaves_without_extra_copies() -> None:
+    """A join copies each row once into the buffers decode steps append to; rows leaving without
+    a trim move up in place; either way the next step writes one column, no regrowth."""
+    batch: DecodeBatch[str] = DecodeBatch(torch.device("cpu"))
+    batch.add([(["a"], _cache(4, 10.0), [4])])
+    batch.add([(["b", "c"], _stack_rows(_cache(4, 20.0), _cache(4, 30.0)), [4, 4])])
+    layer = batch.cache.layers[0]
+    assert isinstance(layer, GrowingLayer) and layer.buffers is not None
+    buffer = layer.buffers[0].data_ptr()
+    layer.update(torch.full((3, 1, 1, 1), 9.0), torch.zeros(3, 1, 1, 1))
+    batch.advance(batch.cache, batch.next_mask())
+    assert batch.cache.layers[0].keys.data_ptr() == buffer  # appended in place
+    batch.keep([0, 2])  # "b" leaves; nothing to trim
+    kept = batch.cache.layers[0]
+    assert kept.keys.data_ptr() == buffer and kept.keys[:, 0, :, 0].tolist() == [
+        [10, 11, 12, 13, 9],
+        [30, 31, 32, 33, 9],
+    ]
+    kept.update(torch.full((2, 1, 1, 1), 8.0), torch.zeros(2, 1, 1, 1))
+    assert kept.keys.data_ptr() == buffer and kept.keys[1, 0, :, 0].tolist() == [30, 31, 32, 33, 9, 8]
+
+
+def _stack_rows(*caches: DynamicCache) -> DynamicCache:
+    out = DynamicCache()
+    keys = torch.cat([c.layers[0].keys for c in caches])
+    out.update(keys, -keys, 0)
+    return out

@@ -74,6 +74,11 @@ def test_grpc_sampling_out_of_range_is_invalid_argument(fields: dict[str, float]
         sampling_from_pb(_params(**fields), 256)
 
 
+def test_grpc_ignore_eos_reaches_the_engine_config() -> None:
+    assert sampling_from_pb(_params(ignore_eos=True), 256).ignore_eos is True
+    assert sampling_from_pb(_params(), 256).ignore_eos is False
+
+
 def test_grpc_floats_arrive_as_the_decimals_sent() -> None:
     """0.01 travels as float32 0.0099999998: still inside the range, and read back as 0.01."""
     config = sampling_from_pb(_params(repetition_penalty=0.01, temperature=6e-38, top_p=0.9), 256)
