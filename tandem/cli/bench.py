@@ -35,7 +35,12 @@ def add_parser(commands: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="bench_command", metavar="<bench command>", required=True)
+    sub = parser.add_subparsers(
+        dest="bench_command",
+        metavar="<bench command>",
+        required=True,
+        help="what to run (each has its own --help)",
+    )
     _add_serve(sub)
     _add_hf(sub)
     _add_compare(sub)
