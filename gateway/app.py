@@ -91,7 +91,9 @@ class GatewayApp(ServiceApp):
         self.fetcher = UrlFetcher(fetch_policy(config), lookup, dial)
         limits = MediaLimits(config.max_images_per_request, config.max_image_bytes, config.max_request_bytes)
         self.pipeline = Pipeline(
-            MediaGuard(limits, self.fetcher), self.downstream, tenant_scoped=config.cache_scope == "tenant"
+            MediaGuard(limits, self.fetcher, self.metrics),
+            self.downstream,
+            tenant_scoped=config.cache_scope == "tenant",
         )
         settings = SessionSettings(
             default_ttl_seconds=config.session_ttl_seconds,

@@ -89,6 +89,19 @@ class Downstream:
         )
         self._credentials = grpc.ssl_channel_credentials(tls_ca) if tls_ca else None
         self._channels: dict[str, aio.Channel] = {}
+        self._language_stubs: dict[str, llm_pb2_grpc.LanguageServiceStub] = {}
+        self._vision_stubs: dict[str, vision_pb2_grpc.VisionServiceStub] = {}
+
+    def _language_stub(self, address: str) -> llm_pb2_grpc.LanguageServiceStub:
+        """The stub of ``address`` (built once: a stub registers its methods on the channel)."""
+        if (stub := self._language_stubs.get(address)) is None:
+            stub = self._language_stubs[address] = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
+        return stub
+
+    def _vision_stub(self, address: str) -> vision_pb2_grpc.VisionServiceStub:
+        if (stub := self._vision_stubs.get(address)) is None:
+            stub = self._vision_stubs[address] = vision_pb2_grpc.VisionServiceStub(self._channel(address))
+        return stub
 
     def _channel(self, address: str) -> aio.Channel:
         if address not in self._channels:
@@ -103,11 +116,13 @@ class Downstream:
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
+        self._language_stubs.clear()
+        self._vision_stubs.clear()
 
     async def language_info(self, timeout: float) -> ModelInfo:
         """The model of the first language replica that answers."""
         for address in self.language.next_order():
-            stub = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
+            stub = self._language_stub(address)
             try:
                 response = await stub.GetLanguageInfo(
                     llm_pb2.GetLanguageInfoRequest(), timeout=timeout, metadata=self._metadata
@@ -121,7 +136,7 @@ class Downstream:
     async def vision_info(self, timeout: float) -> ModelInfo:
         """The model of the first vision replica that answers."""
         for address in self._vision().next_order():
-            stub = vision_pb2_grpc.VisionServiceStub(self._channel(address))
+            stub = self._vision_stub(address)
             try:
                 response = await stub.GetVisionInfo(
                     vision_pb2.GetVisionInfoRequest(), timeout=timeout, metadata=self._metadata
@@ -161,7 +176,7 @@ class Downstream:
             images=[image_input_to_pb(i) for i in images], force_inline=force_inline, key_scope=scope
         )
         for address in self._vision().next_order():
-            stub = vision_pb2_grpc.VisionServiceStub(self._channel(address))
+            stub = self._vision_stub(address)
             try:
                 with request_context.outgoing("vlm.v1.VisionService/Encode", _peer(address)) as metadata:
                     response = await stub.Encode(
@@ -202,7 +217,7 @@ class Downstream:
             tenant=tenant,
         )
         for address in self.language.order(session_id or None):
-            stub = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
+            stub = self._language_stub(address)
             outgoing = request_context.outgoing("vlm.v1.LanguageService/GenerateTokens", _peer(address))
             with outgoing as metadata:
                 call = stub.GenerateTokens(
@@ -226,7 +241,7 @@ class Downstream:
     async def release_session(self, session_id: str, tenant: str, timeout: float) -> None:
         """Ask the session's replica (its rendezvous choice) to drop its KV; best effort, logged."""
         address = self.language.order(session_id)[0]
-        stub = llm_pb2_grpc.LanguageServiceStub(self._channel(address))
+        stub = self._language_stub(address)
         request = llm_pb2.ReleaseSessionRequest(session_id=session_id, tenant=tenant)
         try:
             await stub.ReleaseSession(request, timeout=timeout, metadata=self._metadata)

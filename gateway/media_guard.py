@@ -4,12 +4,14 @@ Per request: at most ``max_images`` new images, each at most ``max_image_bytes``
 most ``max_request_bytes`` (sizes checked before any base64 decoding; URL bodies counted while
 they stream in). ``image_id`` references pass through as ids: the vision service resolves them
 from the bytes it kept and answers NOT_FOUND for unknown ones. Every refusal is
-``InvalidInput`` with a message saying what to change.
+``InvalidInput`` with a message saying what to change. The time to get each image's bytes is one
+``image_fetch_seconds`` observation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from gateway.fetch import UrlFetcher
 from gateway.messages import ImageInput, ImageSource
 from tandem.embeddings.ids import is_image_id
 from tandem.errors import InvalidInput
+from tandem.metrics import Metrics
 
 _INLINE_DECODE_CHARS = 1 << 20  # larger data: URIs are decoded in a thread
 
@@ -40,11 +43,13 @@ class MediaLimits:
 
 
 class MediaGuard:
-    """Resolves ``ImageSource`` values into ``ImageInput`` values under ``MediaLimits``."""
+    """Resolves ``ImageSource`` values into ``ImageInput`` values under ``MediaLimits``
+    (``metrics``: the gateway's; default: a registry of its own)."""
 
-    def __init__(self, limits: MediaLimits, fetcher: UrlFetcher):
+    def __init__(self, limits: MediaLimits, fetcher: UrlFetcher, metrics: Metrics | None = None):
         self.limits = limits
         self.fetcher = fetcher
+        self.metrics = metrics if metrics is not None else Metrics()
 
     async def resolve(self, sources: Sequence[ImageSource], deadline: Deadline) -> list[ImageInput]:
         """Inputs in the same order; URL fetches run concurrently under one byte budget."""
@@ -77,12 +82,19 @@ class MediaGuard:
             budget.take(size)
 
     async def _resolve_one(self, source: ImageSource, budget: ByteBudget, deadline: Deadline) -> ImageInput:
-        if source.data:
-            return ImageInput(data=source.data, media_type=source.media_type)
-        if source.image_id:
+        if source.image_id and not source.data:
             if not is_image_id(source.image_id):
                 raise InvalidInput("an image_id must be the 64-hex-digit id a previous response returned")
             return ImageInput(image_id=source.image_id)
+        began = time.perf_counter()
+        image = await self._bytes_of(source, budget, deadline)
+        self.metrics.observe("image_fetch_seconds", time.perf_counter() - began)
+        return image
+
+    async def _bytes_of(self, source: ImageSource, budget: ByteBudget, deadline: Deadline) -> ImageInput:
+        """The bytes a source carries, decodes (data: URI) or names (http(s) URL)."""
+        if source.data:
+            return ImageInput(data=source.data, media_type=source.media_type)
         if is_data_uri(source.url):
             uri = await _parse_data_uri(source.url, self.limits.max_image_bytes)
             return ImageInput(data=uri.data, media_type=uri.media_type)

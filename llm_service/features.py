@@ -10,28 +10,42 @@ INVALID_ARGUMENT (the sender made it).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from llm_service.conversation import ImageRef
 from tandem.embeddings import record
 from tandem.embeddings.cache import Embedding, EmbeddingCache, decode_inline
 from tandem.errors import InvalidInput, NotFound
+from tandem.metrics import Metrics
 
 
 class FeatureSource:
-    """Fetches and validates the embeddings of a request's images (concurrently)."""
+    """Fetches and validates the embeddings of a request's images (concurrently); each request's
+    fetch is one ``embedding_fetch_seconds`` (``metrics``: the worker's, default its own)."""
 
     def __init__(
-        self, fingerprint: str, hidden_size: int, cache: EmbeddingCache | None, extras: tuple[str, ...] = ()
+        self,
+        fingerprint: str,
+        hidden_size: int,
+        cache: EmbeddingCache | None,
+        extras: tuple[str, ...] = (),
+        metrics: Metrics | None = None,
     ):
         self.fingerprint = fingerprint
         self.hidden_size = hidden_size
         self.cache = cache
         self.extras = extras
+        self.metrics = metrics if metrics is not None else Metrics()
 
     async def fetch(self, images: Sequence[ImageRef]) -> list[Embedding]:
-        """One validated embedding per image, in order."""
-        return list(await asyncio.gather(*(self._one(image) for image in images)))
+        """One validated embedding per image, in order (none and not timed for no images)."""
+        if not images:
+            return []
+        began = time.perf_counter()
+        embeddings = list(await asyncio.gather(*(self._one(image) for image in images)))
+        self.metrics.observe("embedding_fetch_seconds", time.perf_counter() - began)
+        return embeddings
 
     async def _one(self, image: ImageRef) -> Embedding:
         expected = record.Expected(

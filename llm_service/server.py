@@ -72,7 +72,7 @@ def build_worker(
         cache = EmbeddingCache(
             store, loaded.fingerprint, model.hidden_size, settings, metrics, adapter.extras
         )
-    features = FeatureSource(loaded.fingerprint, model.hidden_size, cache, adapter.extras)
+    features = FeatureSource(loaded.fingerprint, model.hidden_size, cache, adapter.extras, metrics)
     expand = adapter.expander(loaded.tokenizer)
     prompts = PromptBuilder(loaded.tokenizer, loaded.chat_template, adapter.add_special_tokens, expand)
     return LanguageWorker(model, adapter, prompts, features, engine, info)

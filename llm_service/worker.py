@@ -44,6 +44,7 @@ IMAGE_KEY_BITS = 96  # of the sha256 image id: collisions stay out of reach of a
 # No tokenizer averages this many characters per token: longer text cannot fit the context, and is
 # refused before it costs a render and a tokenisation.
 MAX_CHARS_PER_TOKEN = 256
+INLINE_PROMPT_CHARS = 2048  # a text-only prompt up to this is prepared on the event loop
 
 
 def image_key(image_id: str, offset: int) -> int:
@@ -136,14 +137,21 @@ class LanguageWorker:
 
     async def prepare(self, request: GenerationRequest) -> EngineRequest:
         """The engine request of a conversation (prompt, embeddings, positions, sampling)."""
-        self._check_text_size(request)
+        chars = self._check_text_size(request)
         images = all_images(request.messages)
+        # A short text-only prompt is tokenized and embedded in well under a millisecond: on the
+        # loop, as two thread hand-offs would cost more; anything larger runs off it.
+        inline = not images and chars <= INLINE_PROMPT_CHARS
         image_tokens = sum(image.num_tokens for image in images)
         if image_tokens >= self.info.context_length:
             raise InvalidInput(
                 f"the images take {image_tokens} tokens; the context length is {self.info.context_length}"
             )
-        layout = await asyncio.to_thread(self._layout, request, images)
+        layout = (
+            self._layout(request, images)
+            if inline
+            else await asyncio.to_thread(self._layout, request, images)
+        )
         embeddings = await self.features.fetch(images)
         spans = [
             _with_grid(span, embedding) for span, embedding in zip(layout.spans, embeddings, strict=True)
@@ -156,15 +164,19 @@ class LanguageWorker:
             "request %s: %d prompt tokens (%d from %d images), max_new_tokens %d",
             request.request_id, len(layout.token_ids), image_tokens, len(images), sampling.max_new_tokens,
         )  # fmt: skip
+        if inline:
+            return self._assemble(request, layout, embeddings, sampling)
         return await asyncio.to_thread(self._assemble, request, layout, embeddings, sampling)
 
-    def _check_text_size(self, request: GenerationRequest) -> None:
+    def _check_text_size(self, request: GenerationRequest) -> int:
+        """The characters of text in ``request``; ``InvalidInput`` when far too many."""
         chars = sum(len(p.text) for m in request.messages for p in m.parts if isinstance(p, TextPart))
         if chars > MAX_CHARS_PER_TOKEN * self.info.context_length:
             raise InvalidInput(
                 f"the messages hold {chars} characters of text, far more than the context length "
                 f"({self.info.context_length} tokens) can take"
             )
+        return chars
 
     def _layout(self, request: GenerationRequest, images: Sequence[ImageRef]) -> PromptLayout:
         return self.adapter.layout(self.prompts.build(request.messages), images)

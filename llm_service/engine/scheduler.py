@@ -154,6 +154,7 @@ class Scheduler:
         """A job for a newly admitted sequence, starting after its prefix-cache hit if any."""
         if seq is None:
             return None
+        self.metrics.observe("engine_queue_seconds", time.perf_counter() - seq.submitted_at)
         hit, done = self._lookup(seq)
         seq.cached_tokens, seq.status = done, SequenceStatus.PREFILLING
         return PrefillJob(seq, None, done, hit=hit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -50,6 +51,7 @@ class Sequence:
         self.generated: list[int] = []
         self.cached_tokens = 0  # prompt positions whose KV came from the prefix cache
         self.block_digests: list[bytes] = []  # of its whole cached blocks so far (prefix_cache.py)
+        self.submitted_at = time.perf_counter()  # made when submitted: its queueing starts here
         self.last_token_at: float | None = None  # perf_counter() of the last token (time per token)
         self.cancelled = False
         self.status = SequenceStatus.WAITING

@@ -66,7 +66,7 @@ def build_vllm_worker(config: LlmConfig, store: KeyValueStore | None, metrics: M
     if store is not None:
         settings = CacheSettings(prefix=config.cache_prefix)
         cache = EmbeddingCache(store, key, hidden, settings, metrics, adapter.extras)
-    features = FeatureSource(key, hidden, cache, adapter.extras)
+    features = FeatureSource(key, hidden, cache, adapter.extras, metrics)
     template = load_chat_template(path, tokenizer, config.chat_template)
     prompts = PromptBuilder(tokenizer, template, adapter.add_special_tokens, adapter.expander(tokenizer))
     return LanguageWorker(None, adapter, prompts, features, engine, info)

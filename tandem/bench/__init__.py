@@ -9,6 +9,8 @@
 - ``overhead`` (and its ``overhead_arms``): B10, what the gateway adds to a text-only request
   over the in-process worker (``tandem bench overhead``);
 - ``metrics``: TTFT, TPOT, ITL, end-to-end latency, throughput and goodput;
+- ``scrape``: the server's ``/metrics`` before and after a run: time per request in each stage,
+  and B4's breakdown of TTFT (``tandem bench serve --metrics-url``);
 - ``report``: the JSON file of a run, its table, and the ratio table of two runs;
 - ``checkpoints``: random-weight checkpoints at published shapes (``tandem bench checkpoint``).
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 BASELINE: ArmName = "in-process"
 SYSTEM_ARMS: tuple[ArmName, ...] = ("grpc", "http")
+FLOOR: ArmName = "floor"  # two bare gRPC hops around the same compute (tandem.bench.floor)
 P99_MIN_SAMPLES = 100
 READY_LINE = "Tandem is ready"
 
@@ -72,6 +73,7 @@ class OverheadConfig:
     api_key: str | None = field(default=None, repr=False)
     startup_timeout_s: float = 600.0
     request_timeout_s: float = 300.0
+    floor: bool = True
 
     def __post_init__(self) -> None:
         if (self.address is None) != (self.base_url is None):
@@ -173,7 +175,7 @@ class OverheadMetrics:
         base = by_arm.get(BASELINE, [])
         return cls(
             arms={name: ArmStats.of(group) for name, group in by_arm.items()},
-            added={name: added(base, by_arm[name]) for name in SYSTEM_ARMS if name in by_arm},
+            added={name: added(base, by_arm[name]) for name in (*SYSTEM_ARMS, FLOOR) if name in by_arm},
         )
 
 
@@ -203,11 +205,15 @@ async def run_rounds(
     on_sample: Callable[[Sample], None] = lambda _: None,
     say: Callable[[str], None] = lambda _: None,
 ) -> OverheadOutcome:
-    """Open the three arms, run ``warmups`` then ``samples`` rounds A B C, close the arms."""
+    """Open the arms, run ``warmups`` then ``samples`` rounds A B C (D), close the arms."""
+    from tandem.bench.floor import FloorArm
+
     prompt = make_prompt(config.prompt_len, config.seed)
     grpc_arm, http_arm = GrpcArm(config, address), HttpArm(config, base_url)
     in_process = InProcessArm(config)
     arms: list[Arm] = [in_process, grpc_arm, http_arm]
+    if config.floor:
+        arms.append(FloorArm(lambda: in_process.last_latency, config.request_timeout_s))
     async with contextlib.AsyncExitStack() as stack:
         for arm in arms:
             say(f"opening the {arm.name} arm...")
@@ -215,7 +221,8 @@ async def run_rounds(
             await arm.open()
         if in_process.fingerprint != grpc_arm.fingerprint:
             say("warning: the system serves another checkpoint than --checkpoint (fingerprints differ)")
-        say(f"measuring: {config.warmups} warm-up rounds, then {config.samples} rounds A B C")
+        names = " ".join("ABCD"[: len(arms)])
+        say(f"measuring: {config.warmups} warm-up rounds, then {config.samples} rounds {names}")
         samples: list[Sample] = []
         started = time.perf_counter()
         for round_ in range(-config.warmups, config.samples):
@@ -339,7 +346,7 @@ def print_result(doc: dict[str, Any], out: Any = None) -> None:
     header = ["arm", "samples", "failed", "p50 ms", "p90 ms", "p99 ms", "added p50 ms", "paired ms", "x A"]
     header += ["TPOT p50 ms", "added/token ms"] if per_token else []
     rows = []
-    for name in (BASELINE, *SYSTEM_ARMS):
+    for name in (BASELINE, *SYSTEM_ARMS, FLOOR):
         stats, more = arms.get(name), extra.get(name, {})
         if stats is None:
             continue
@@ -354,6 +361,15 @@ def print_result(doc: dict[str, Any], out: Any = None) -> None:
         row += _ms(stats["tpot"]["p50"], more.get("per_token_p50")) if per_token else []
         rows.append(row)
     print_table(header, rows, out)
+    floor = extra.get(FLOOR, {}).get("paired_p50")
+    if floor is not None:
+        print(
+            f"the floor (two bare gRPC hops around the same compute) adds {floor:.2f} ms (paired p50)",
+            file=out,
+        )
+        for name in SYSTEM_ARMS:
+            if (paired := extra.get(name, {}).get("paired_p50")) is not None:
+                print(f"  {name}: {paired - floor:.2f} ms above the floor", file=out)
 
 
 def _ms(*values: float | None) -> list[str]:
@@ -383,7 +399,8 @@ def run_benchmark(
         except ChildFailed as exc:
             _say(f"tandem bench: {exc}")
             return 1
-        bar = stack.enter_context(_Progress(3 * config.samples, progress))
+        arm_count = 4 if config.floor else 3
+        bar = stack.enter_context(_Progress(arm_count * config.samples, progress))
         rounds = run_rounds(config, system.address, system.base_url, bar.update, _say)
         try:
             outcome = asyncio.run(rounds)

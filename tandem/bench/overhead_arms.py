@@ -19,7 +19,7 @@ from tandem.bench.metrics import RequestRecord
 if TYPE_CHECKING:
     from tandem.bench.overhead import OverheadConfig
 
-ArmName = Literal["in-process", "grpc", "http"]
+ArmName = Literal["in-process", "grpc", "http", "floor"]
 
 
 @dataclass
@@ -68,6 +68,7 @@ class InProcessArm:
         self.config = config
         self.worker: Any = None
         self.fingerprint = ""
+        self.last_latency = 0.0  # seconds, of the latest sample (the floor arm computes as long)
 
     async def open(self) -> None:
         from llm_service.config import LlmConfig
@@ -96,7 +97,7 @@ class InProcessArm:
             sample.output_tokens += len(event.token_ids)
             if event.usage is not None:
                 sample.prompt_tokens = event.usage.prompt_tokens
-        sample.latency = time.perf_counter() - started
+        sample.latency = self.last_latency = time.perf_counter() - started
         return sample
 
     async def close(self) -> None:

@@ -3,7 +3,8 @@
 The JSON document holds ``benchmark`` ("serve" or "hf"), ``measured_at``, ``command_line``,
 ``config`` (every option of the run), ``machine`` (platform, CPU, usable cores, memory, library
 versions), ``server`` (base URL and model, or the checkpoint of the in-process arm), ``metrics``
-(``BenchmarkMetrics``: times in ms) and ``requests`` (one record per request, without text).
+(``BenchmarkMetrics``: times in ms), ``requests`` (one record per request, without text) and,
+with ``--metrics-url``, ``server_stages`` (the server's time per stage: ``tandem.bench.scrape``).
 """
 
 from __future__ import annotations

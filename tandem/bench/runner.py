@@ -86,12 +86,19 @@ def user_message(turn: Turn) -> dict[str, Any]:
 
 class ServeRunner:
     """Runs conversations against one endpoint; ``on_request`` is called after each measured
-    request (the progress bar)."""
+    request (the progress bar), ``on_measured`` (in a thread) between the warm-up and the measured
+    requests (the metrics scrape the run's server figures start from)."""
 
-    def __init__(self, config: ServeConfig, on_request: Callable[[RequestRecord], None] = lambda _: None):
+    def __init__(
+        self,
+        config: ServeConfig,
+        on_request: Callable[[RequestRecord], None] = lambda _: None,
+        on_measured: Callable[[], None] | None = None,
+    ):
         self.config = config
         self.endpoint = Endpoint.of(config.base_url, config.api_key)
         self.on_request = on_request
+        self.on_measured = on_measured
 
     async def run(self, measured: list[Conversation], warmup: list[Conversation]) -> ServeOutcome:
         import aiohttp
@@ -101,6 +108,8 @@ class ServeRunner:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             model = self.config.model or await first_model(http, self.endpoint)
             await self._warm_up(http, model, warmup)
+            if self.on_measured is not None:
+                await asyncio.to_thread(self.on_measured)
             records: list[RequestRecord] = []
             started = time.perf_counter()
             await self._measured(http, model, measured, records, started)

@@ -1,7 +1,8 @@
 """``tandem bench``: measure a serving system the way ``vllm bench serve`` does.
 
 - ``tandem bench serve``: a seeded workload against any OpenAI-compatible server (Tandem's
-  gateway, ``vllm serve``, ...): TTFT, TPOT, ITL, end-to-end latency, throughput, goodput;
+  gateway, ``vllm serve``, ...): TTFT, TPOT, ITL, end-to-end latency, throughput, goodput; with
+  ``--metrics-url`` (Tandem) also the server's time per request in each stage (B4's breakdown);
 - ``tandem bench hf``: the same workload in-process with Hugging Face ``generate()`` (baseline);
 - ``tandem bench compare A.json B.json``: two runs side by side with the ratio B / A;
 - ``tandem bench overhead``: B10, the latency a text-only request gains through the gateway (gRPC
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from tandem.bench.dataset import Conversation, DatasetConfig
     from tandem.bench.metrics import RequestRecord, Slo
     from tandem.bench.runner import ServeOutcome
+    from tandem.bench.scrape import StageProbe
 
 
 def add_parser(commands: Any) -> None:
@@ -87,6 +89,16 @@ def _add_serve(sub: Any) -> None:
     )
     parser.add_argument(
         "--request-timeout", type=float, default=600.0, help="seconds without a byte before a request fails"
+    )
+    parser.add_argument(
+        "--metrics-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a Prometheus /metrics URL of the server; repeat it for each service, as `tandem up` prints "
+        "them (`metrics <service> <url>`). Scraped after the warm-up and at the end: the result's "
+        "server_stages has every tandem_*_seconds histogram's time per request, and the B4 stages' sum "
+        "against the mean TTFT. An unreachable URL stops the run before it starts",
     )
     _add_common(parser)
     parser.set_defaults(run=run_serve)
@@ -220,8 +232,10 @@ def _add_overhead(sub: Any) -> None:
             "B10: the same text-only prompt, interleaved A B C after warm-up rounds: A the language "
             "worker in this process (built as the service builds it), B the gateway over gRPC with "
             "Tandem's Python client, C the gateway's OpenAI endpoint (streaming). Reports each arm's "
-            "p50/p90 (p99 with 100+ samples) and the latency B and C add over A at p50. Without "
-            "--address/--base-url it starts `tandem up` on free ports itself and stops it at the end."
+            "p50/p90 (p99 with 100+ samples) and the latency B and C add over A at p50. D, the floor: "
+            "two bare gRPC hops (relay and backend processes, no Tandem code) around a compute as "
+            "long as A's, so what B and C add above it is Tandem's own. Without --address/--base-url "
+            "it starts `tandem up` on free ports itself and stops it at the end."
         ),
     )
     parser.add_argument(
@@ -269,6 +283,9 @@ def _add_overhead(sub: Any) -> None:
         help="folder of the JSON result (default: %(default)s, git-ignored)",
     )
     parser.add_argument("--result-filename", help="name of the JSON file (default: overhead-<time>.json)")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip arm D (the bare two-hop gRPC floor of this machine)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(run=run_overhead)
 
@@ -330,6 +347,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from tandem.bench.client import ServerError
     from tandem.bench.dataset import build_dataset
     from tandem.bench.runner import ServeConfig, ServeRunner
+    from tandem.bench.scrape import ScrapeError, StageProbe
 
     try:
         config = ServeConfig(
@@ -341,15 +359,23 @@ def run_serve(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ValueError as exc:
         return _fail(exc, 2)
+    probe = StageProbe(args.metrics_url) if args.metrics_url else None
+    try:
+        if probe is not None:
+            probe.check()
+    except ScrapeError as exc:
+        return _fail(exc, 1)
     measured, warmup = build_dataset(config.dataset, warmup=config.warmups)
     with _Progress(_requests(measured), args.no_progress) as progress:
-        runner = ServeRunner(config, progress.update)
+        runner = ServeRunner(config, progress.update, probe.start if probe is not None else None)
         try:
             outcome = asyncio.run(runner.run(measured, warmup))
-        except (ServerError, OSError) as exc:
+            if probe is not None:
+                probe.finish()
+        except (ServerError, OSError, ScrapeError) as exc:
             return _fail(exc, 1)
     server = {"base_url": runner.endpoint.base_url, "model": outcome.model}
-    return _finish("serve", config, server, outcome, args)
+    return _finish("serve", config, server, outcome, args, probe)
 
 
 def run_hf(args: argparse.Namespace) -> int:
@@ -373,14 +399,28 @@ def _requests(conversations: list[Conversation]) -> int:
     return sum(len(c.turns) for c in conversations)
 
 
-def _finish(benchmark: str, config: Any, server: dict[str, Any], outcome: ServeOutcome, args: Any) -> int:
+def _finish(
+    benchmark: str,
+    config: Any,
+    server: dict[str, Any],
+    outcome: ServeOutcome,
+    args: Any,
+    probe: StageProbe | None = None,
+) -> int:
     from tandem.bench import report
     from tandem.bench.metrics import compute_metrics
+    from tandem.bench.scrape import print_stages
 
     metrics = compute_metrics(outcome.records, outcome.duration_s, config.slo)
     doc = report.document(benchmark, config, server, metrics, outcome.records)
+    if probe is not None:
+        doc["server_stages"] = probe.report(
+            metrics.completed, metrics.ttft.mean if metrics.completed else None
+        )
     path = report.write(doc, args.result_dir, args.result_filename)
     report.print_run(doc)
+    if probe is not None:
+        print_stages(doc["server_stages"], sys.stdout)
     if errors := sorted({r.error for r in outcome.records if not r.success}):
         print(f"{metrics.failed} requests failed; first error: {errors[0]}", file=sys.stderr)
     print(f"result: {path}", file=sys.stderr)
@@ -410,6 +450,7 @@ def run_overhead(args: argparse.Namespace) -> int:
             base_url=args.base_url, samples=args.num_samples, warmups=args.num_warmups,
             prompt_len=args.prompt_len, output_len=args.output_len, seed=args.seed, device=args.device,
             api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), startup_timeout_s=args.startup_timeout,
+            floor=not args.no_floor,
         )  # fmt: skip
     except ValueError as exc:
         return _fail(exc, 2)

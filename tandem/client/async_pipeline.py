@@ -140,9 +140,13 @@ class AsyncPipeline:
         """The requests of ``prompts``, built in a thread: image files are read and PIL images encoded."""
         items = list(prompts) if is_batch(prompts) else [prompts]  # type: ignore[call-overload]
         configs = self._configs(gen_config, len(items))
-        return await asyncio.to_thread(
-            lambda: [build_generate_request(p, c) for p, c in zip(items, configs, strict=True)]
-        )
+
+        def build() -> list[gateway_pb2.GenerateRequest]:
+            return [build_generate_request(p, c) for p, c in zip(items, configs, strict=True)]
+
+        if all(isinstance(p, str) for p in items):  # nothing to read or encode: a thread would cost more
+            return build()
+        return await asyncio.to_thread(build)
 
     async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:

@@ -27,6 +27,26 @@ REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
 FIRST_TOKEN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 6.0, 12.0, 25.0, 50.0, 100.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The stages of a request before its first token (fetch, hash, preprocess, cache, queue): some
+# take tens of microseconds (hashing a small image), a fetch over the network seconds.
+STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,13 @@ CATALOG: tuple[MetricSpec, ...] = (
         "Time from a generation request to its last token.",
         REQUEST_BUCKETS,
     ),
+    _histogram(
+        "image_fetch_seconds",
+        "gateway",
+        "Time to turn one image a client sent into bytes: an http(s) fetch, a data: URI decode, or "
+        "nothing for raw bytes (an image sent by id is not counted).",
+        STAGE_BUCKETS,
+    ),
     # -- gateway: sessions
     _counter("sessions_created", "sessions", "Sessions created."),
     _counter("sessions_deleted", "sessions", "Sessions deleted by a client."),
@@ -144,6 +171,19 @@ CATALOG: tuple[MetricSpec, ...] = (
     _counter("engine_prefill_tokens", "engine", "Prompt positions run through the model (chunks included)."),
     _histogram("engine_prefill_seconds", "engine", "Duration of one prefill forward.", STEP_BUCKETS),
     _histogram("engine_decode_seconds", "engine", "Duration of one batched decode step.", STEP_BUCKETS),
+    _histogram(
+        "engine_queue_seconds",
+        "engine",
+        "Time from a request's submission to the engine to the start of its prefill.",
+        STAGE_BUCKETS,
+    ),
+    _histogram(
+        "embedding_fetch_seconds",
+        "engine",
+        "Time to read and validate the image embeddings of one request (from Redis, or its inline "
+        "records); requests without images are not counted.",
+        STAGE_BUCKETS,
+    ),
     # -- vision and language workers: the shared embedding cache in Redis
     _counter("vision_cache_hits", "cache", "Embedding lookups answered from the cache."),
     _counter("vision_cache_misses", "cache", "Embedding lookups that found nothing."),
@@ -161,6 +201,26 @@ CATALOG: tuple[MetricSpec, ...] = (
     ),
     _gauge("redis_breaker_open", "cache", "1 while the Redis circuit breaker is open, else 0.", "role"),
     # -- vision worker: the encoder
+    _histogram(
+        "vision_hash_seconds",
+        "vision",
+        "Time to check the format of one image's bytes and hash them into its image id.",
+        STAGE_BUCKETS,
+    ),
+    _histogram(
+        "vision_preprocess_seconds",
+        "vision",
+        "Time to decode and preprocess one image (the model's processor), in the preprocessing pool.",
+        STAGE_BUCKETS,
+    ),
+    _histogram(
+        "vision_cache_seconds",
+        "vision",
+        "Time one Encode call spent on the embedding cache in Redis: header lookups and lease claims "
+        "before encoding, writes and lease releases after (a call that only joined another's "
+        "encoding, or a service without a cache, is not counted).",
+        STAGE_BUCKETS,
+    ),
     _histogram("vision_encode_seconds", "vision", "Duration of one encoder forward (a batch).", STEP_BUCKETS),
     _counter("vision_images_encoded", "vision", "Images run through the vision encoder."),
     _counter("vision_encoder_batches", "vision", "Encoder forwards (batches of images)."),

@@ -17,7 +17,8 @@ from tests.support.up_process import alive, tandem_argv, tandem_env
 
 pytestmark = pytest.mark.slow
 
-ARMS = ("in-process", "grpc", "http")
+ARMS = ("in-process", "grpc", "http", "floor")
+TANDEM_ARMS = ARMS[:3]  # the floor is two bare gRPC hops: one response, no tokens
 
 
 def overhead(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -58,18 +59,23 @@ def test_three_arms_interleaved_and_the_system_stopped(checkpoint, tmp_path: Pat
     assert server["fingerprints"]["in-process"] == server["fingerprints"]["system"]
 
     samples = doc["samples"]
-    assert [s["arm"] for s in samples] == list(ARMS) * 5  # A B C A B C ...
+    assert [s["arm"] for s in samples] == list(ARMS) * 5  # A B C D A B C D ...
     assert [s["round"] for s in samples] == [r for r in range(5) for _ in ARMS]
-    assert all(s["error"] == "" and s["output_tokens"] == 3 for s in samples)  # ignore_eos
-    assert all(0 < s["ttft"] <= s["latency"] for s in samples)
-    assert len({s["prompt_tokens"] for s in samples}) == 1  # the same prompt on every path
+    assert all(s["error"] == "" and 0 < s["ttft"] <= s["latency"] for s in samples)
+    ours = [s for s in samples if s["arm"] in TANDEM_ARMS]
+    assert all(s["output_tokens"] == 3 for s in ours)  # ignore_eos
+    assert len({s["prompt_tokens"] for s in ours}) == 1  # the same prompt on every path
+    # the floor computes as long as the in-process sample of its round, so it takes longer
+    by_round = {(s["arm"], s["round"]): s["latency"] for s in samples}
+    assert all(by_round["floor", r] >= by_round["in-process", r] for r in range(5))
 
     metrics = doc["metrics"]
     for arm in ARMS:
         stats = metrics["arms"][arm]
         assert (stats["completed"], stats["failed"]) == (5, 0)
-        assert stats["latency"]["count"] == stats["tpot"]["count"] == 5 and stats["latency"]["p99"] is None
-    assert set(metrics["added"]) == {"grpc", "http"}
+        assert stats["latency"]["count"] == 5 and stats["latency"]["p99"] is None
+        assert stats["tpot"]["count"] == (5 if arm in TANDEM_ARMS else 0)
+    assert set(metrics["added"]) == {"grpc", "http", "floor"}
     base = metrics["arms"]["in-process"]["latency"]["p50"]
     for arm in ("grpc", "http"):
         extra = metrics["added"][arm]
@@ -77,11 +83,15 @@ def test_three_arms_interleaved_and_the_system_stopped(checkpoint, tmp_path: Pat
         assert extra["paired_p50"] is not None and extra["per_token_p50"] is not None
 
     table = done.stdout.splitlines()
-    assert "added p50 ms" in table[0] and [line.split()[0] for line in table[2:5]] == list(ARMS)
+    assert "added p50 ms" in table[0] and [line.split()[0] for line in table[2:6]] == list(ARMS)
+    assert table[6].startswith("the floor (two bare gRPC hops around the same compute) adds")
+    assert [line.split(":")[0].strip() for line in table[7:9]] == ["grpc", "http"]
 
     pids = started_pids(done.stderr, logs)
     assert len(pids) >= 3  # tandem up, then the language worker and the gateway
     assert not any(alive(psutil.Process(pid)) for pid in pids if psutil.pid_exists(pid))
+    floor = [p for p in psutil.process_iter(["cmdline"]) if "tandem.bench.floor" in (p.info["cmdline"] or [])]
+    assert not [p for p in floor if alive(p)]  # the relay and backend of arm D
 
 
 def test_a_system_that_cannot_start_ends_the_command(tmp_path: Path) -> None:

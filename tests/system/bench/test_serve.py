@@ -1,12 +1,15 @@
 """``tandem bench serve`` against a real ``tandem up`` on a benchmark checkpoint at a test size
 (LLaVA-1.5 hub layout, 1 layer, vocab 1024), history re-sent and with sessions; ``tandem bench hf``
-on the same checkpoint, and ``tandem bench compare`` of the two. Counts and fields, no timings."""
+on the same checkpoint, and ``tandem bench compare`` of the two; the server's stage figures from
+the metrics URLs ``tandem up`` prints. Counts and fields, no timings."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,21 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build("llava-1.5-smol", tmp_path_factory.mktemp("bench") / "llava-smol", layers=1, vocab_size=1024)
 
 
+@dataclass(frozen=True)
+class Served:
+    base_url: str
+    metrics_urls: dict[str, str]  # service -> its /metrics, from the `metrics <service> <url>` lines
+
+
 @pytest.fixture(scope="module")
-def base_url(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     logs = tmp_path_factory.mktemp("bench-up-logs")
     argv = ["--model", str(model), "--grpc-port", "0", "--http-port", "0", "--device", "cpu"]
     with running_up([*argv, "--log-dir", str(logs)]) as up:
         up.wait_for(READY, timeout=300)
-        yield up.wait_for(r"HTTP\s+(http://\S+/v1)", timeout=10).group(1)
+        base_url = up.wait_for(r"HTTP\s+(http://\S+/v1)", timeout=10).group(1)
+        metrics = dict(re.findall(r"^metrics (\w+) (http://\S+)$", "\n".join(up.seen), re.MULTILINE))
+        yield Served(base_url, metrics)
 
 
 def tandem(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +58,7 @@ def serve(base_url: str, results: Path, name: str, *extra: str) -> dict[str, Any
     argv = ["bench", "serve", "--base-url", base_url, *WORKLOAD, "--max-concurrency", "2", *extra]
     done = tandem(*argv, "--goodput", "ttft:600000", "--result-dir", str(results), "--result-filename", name)
     assert "TTFT median, turn 2" in done.stdout and f"result: {results / name}" in done.stderr
+    assert ("server stages (mean ms per request" in done.stdout) == ("--metrics-url" in extra)
     return json.loads((results / name).read_text())
 
 
@@ -65,9 +77,30 @@ def check_counts(doc: dict[str, Any]) -> None:
     assert doc["machine"]["versions"]["torch"] and doc["command_line"].startswith("tandem bench serve")
 
 
-def test_serve_hf_and_compare(base_url: str, model: Path, tmp_path: Path) -> None:
-    history = serve(base_url, tmp_path, "history.json")
+def check_stages(doc: dict[str, Any], metrics_urls: dict[str, str]) -> None:
+    """The stages of the 6 measured requests (3 first turns with an image each, 3 second turns)."""
+    stages = doc["server_stages"]
+    assert stages["requests"] == 6 and sorted(stages["scrapes"]) == sorted(metrics_urls.values())
+    vision = stages["scrapes"][metrics_urls["vision"]]
+    assert vision["tandem_vision_hash_seconds"]["count"] >= 3  # history re-sent: the image again
+    assert vision["tandem_vision_encode_seconds"]["sum_s"] > 0
+    llm = stages["scrapes"][metrics_urls["llm"]]
+    assert llm["tandem_engine_queue_seconds"]["count"] == 6
+    b4 = stages["b4"]
+    assert b4["ttft_mean_ms"] == doc["metrics"]["ttft"]["mean"]
+    assert all(
+        b4["stages_ms"][name] > 0 for name in ("tandem_image_fetch_seconds", "tandem_engine_prefill_seconds")
+    )
+    assert b4["ratio"] == pytest.approx(b4["sum_ms"] / b4["ttft_mean_ms"])
+
+
+def test_serve_hf_and_compare(served: Served, model: Path, tmp_path: Path) -> None:
+    base_url = served.base_url
+    assert sorted(served.metrics_urls) == ["gateway", "llm", "vision"]
+    urls = [arg for url in served.metrics_urls.values() for arg in ("--metrics-url", url)]
+    history = serve(base_url, tmp_path, "history.json", *urls)
     check_counts(history)
+    check_stages(history, served.metrics_urls)
     assert history["benchmark"] == "serve" and history["server"] == {
         "base_url": base_url,
         "model": model.name,
@@ -76,6 +109,7 @@ def test_serve_hf_and_compare(base_url: str, model: Path, tmp_path: Path) -> Non
 
     sessions = serve(base_url, tmp_path, "sessions.json", "--sessions")
     check_counts(sessions)
+    assert "server_stages" not in sessions
     assert sessions["config"]["sessions"] is True
     for conversation in range(3):
         first, second = (

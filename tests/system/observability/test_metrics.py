@@ -27,6 +27,7 @@ TYPES = {
         "tandem_http_requests": "counter",
         "tandem_http_request_duration_seconds": "histogram",
         "tandem_session_commits": "counter",
+        "tandem_image_fetch_seconds": "histogram",
     },
     "llm": {
         "tandem_time_per_output_token_seconds": "histogram",
@@ -37,12 +38,18 @@ TYPES = {
         "tandem_cached_prompt_tokens": "counter",
         "tandem_grpc_server_handled": "counter",
         "tandem_redis_breaker_open": "gauge",
+        "tandem_embedding_fetch_seconds": "histogram",
+        "tandem_engine_queue_seconds": "histogram",
+        "tandem_engine_prefill_seconds": "histogram",
     },
     "vision": {
         "tandem_vision_cache_hits": "counter",
         "tandem_vision_cache_misses": "counter",
         "tandem_vision_encode_seconds": "histogram",
         "tandem_vision_images_encoded": "counter",
+        "tandem_vision_hash_seconds": "histogram",
+        "tandem_vision_preprocess_seconds": "histogram",
+        "tandem_vision_cache_seconds": "histogram",
         "tandem_grpc_server_handled": "counter",
         "tandem_redis_breaker_open": "gauge",
     },
@@ -56,6 +63,12 @@ async def _generate(observed: Observed, request: gateway_pb2.GenerateRequest) ->
 
 def _moved(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
     return after.value(name, **labels) - before.value(name, **labels)
+
+
+def _observed(before: Scrape, after: Scrape, histogram: str) -> float:
+    """How many observations ``histogram`` gained; their sum must have grown too."""
+    assert _moved(before, after, f"{histogram}_sum") > 0, histogram
+    return _moved(before, after, f"{histogram}_count")
 
 
 async def test_a_scrape_shows_what_grpc_http_and_a_cached_image_did(observed: Observed) -> None:
@@ -88,12 +101,17 @@ async def test_a_scrape_shows_what_grpc_http_and_a_cached_image_did(observed: Ob
     assert _moved(*gateway, "tandem_time_to_first_token_seconds_count") == 3
     assert _moved(*gateway, "tandem_e2e_request_latency_seconds_count") == 3
     assert _moved(*gateway, "tandem_http_request_duration_seconds_count", **CHAT_ROUTE) == 1
+    assert _observed(*gateway, "tandem_image_fetch_seconds") == 2  # one per image sent
 
     vision = before["vision"], after["vision"]
     assert _moved(*vision, "tandem_vision_cache_misses_total") == 1
     assert _moved(*vision, "tandem_vision_cache_hits_total") == 1  # the second request
     assert _moved(*vision, "tandem_vision_images_encoded_total") == 1
     assert _moved(*vision, "tandem_vision_encode_seconds_count") == 1
+    # the stages of B4's breakdown: both images hashed and looked up, the new one preprocessed
+    assert _observed(*vision, "tandem_vision_hash_seconds") == 2
+    assert _observed(*vision, "tandem_vision_cache_seconds") == 2
+    assert _observed(*vision, "tandem_vision_preprocess_seconds") == 1
     assert _moved(*vision, "tandem_grpc_server_handled_total", grpc_code="OK", **ENCODE) == 2
     assert after["vision"].value("tandem_redis_breaker_open", role="cache") == 0
 
@@ -106,6 +124,9 @@ async def test_a_scrape_shows_what_grpc_http_and_a_cached_image_did(observed: Ob
     assert after["llm"].value("tandem_num_requests_running") == 0
     assert after["llm"].value("tandem_num_requests_waiting") == 0
     assert _moved(*llm, "tandem_vision_cache_hits_total") == 2  # the language side read both embeddings
+    assert _observed(*llm, "tandem_embedding_fetch_seconds") == 2  # the text-only request reads none
+    assert _observed(*llm, "tandem_engine_queue_seconds") == 3
+    assert _observed(*llm, "tandem_engine_prefill_seconds") >= 3
 
 
 async def test_every_service_counts_grpc_calls_by_method_and_code(observed: Observed) -> None:

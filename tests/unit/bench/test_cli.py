@@ -43,3 +43,14 @@ def test_bad_values_fail_with_status_2(capsys: pytest.CaptureFixture[str]) -> No
 def test_compare_of_missing_files_fails(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     args = build_parser().parse_args(["bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert args.run(args) == 2
+
+
+def test_an_unreachable_metrics_url_stops_serve_before_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://127.0.0.1:9/metrics"  # the discard port: nothing answers there
+    args = build_parser().parse_args(
+        ["bench", "serve", "--base-url", "http://127.0.0.1:9/v1", "--metrics-url", url, "--no-progress"]
+    )
+    assert args.metrics_url == [url]
+    assert args.run(args) == 1
+    err = capsys.readouterr().err
+    assert f"cannot scrape the metrics URL {url}" in err and "Traceback" not in err
