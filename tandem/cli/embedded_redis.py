@@ -42,7 +42,8 @@ def default_data_dir(env: dict[str, str] | None = None) -> Path:
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """``--redis-url``, ``--state-redis-url``, ``--redis-maxmemory``, ``--data-dir``."""
+    """``--redis-url``, ``--state-redis-url``, ``--redis-maxmemory``, ``--no-embedding-cache``,
+    ``--data-dir``."""
     parser.add_argument(
         "--redis-url",
         help="use this Redis instead of the embedded ones: as the cache, and as the state unless "
@@ -58,6 +59,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAXMEMORY,
         help="memory of the embedded cache Redis; past it the least recently used entries go "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-embedding-cache",
+        action="store_true",
+        help="the vision and language workers use no Redis: every image is encoded again and its "
+        "embedding handed over inline (a baseline for benchmarks, e.g. B8; sessions still work)",
     )
     parser.add_argument(
         "--data-dir",

@@ -210,7 +210,7 @@ def service_specs(
     """What to run; the gateway's addresses are filled in once the workers have ports."""
     common = {
         "model": model,
-        "redis_url": redis_url,
+        "redis_url": "" if getattr(args, "no_embedding_cache", False) else redis_url,
         "cache_prefix": cache_prefix(),
         "host": "127.0.0.1",
         "port": 0,

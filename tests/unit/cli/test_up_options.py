@@ -139,3 +139,12 @@ def test_a_missing_model_is_a_one_line_config_error(tmp_path: Path) -> None:
     assert "\n" not in str(failed.value)
     with pytest.raises(ConfigError, match=r"has no config\.json"):
         up_command.check_model(str(tmp_path))
+
+
+def test_no_embedding_cache_leaves_both_workers_without_redis(tmp_path: Path) -> None:
+    checkpoint = fake_checkpoint(tmp_path)
+    cached = up_command.service_specs(up_args(), checkpoint, True, REDIS, tmp_path)
+    plain = up_command.service_specs(up_args("--no-embedding-cache"), checkpoint, True, REDIS, tmp_path)
+    for name in ("llm", "vision"):
+        assert worker_config(cached[name], name).redis_url == REDIS  # type: ignore[attr-defined]
+        assert worker_config(plain[name], name).redis_url == ""  # type: ignore[attr-defined]
