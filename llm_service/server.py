@@ -4,7 +4,8 @@
 first (health NOT_SERVING; calls get UNAVAILABLE), ``warmup`` loads the language half in a helper
 thread, starts and warms the engine, and only then the server reports SERVING. On SIGTERM (or
 ``stop``) the server drains (NOT_SERVING, running streams get the grace period), then
-``shutdown`` stops the engine and closes Redis.
+``shutdown`` stops the engine and closes Redis. Should the engine die (its thread crashes, or
+vLLM's engine core exits), the app fails: health NOT_SERVING at once, drain, exit code 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vlm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.config import LlmConfig
 from llm_service.engine import Engine, EngineConfig
+from llm_service.engine.types import TokenEngine
 from llm_service.features import FeatureSource
 from llm_service.loader import LoadedModel, load
 from llm_service.prompt import PromptBuilder
@@ -34,6 +36,7 @@ from tandem.serving.tracing import Tracing
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LanguageService"].full_name
+ENGINE_WATCH_SECONDS = 0.5  # how often the app asks its engine whether it died
 
 
 def context_length(config: LlmConfig, loaded: LoadedModel) -> int:
@@ -86,6 +89,7 @@ class LanguageApp(ServiceApp):
         self.metrics = metrics if metrics is not None else Metrics.for_service("llm")
         self.worker: LanguageWorker | None = None
         self._store: RedisStore | None = None
+        self._watch: asyncio.Task[None] | None = None
         servicer = LanguageServicer(self.current, config.max_new_tokens_default)
 
         def register(server: aio.Server) -> None:
@@ -118,6 +122,7 @@ class LanguageApp(ServiceApp):
             worker.engine.start()
         await worker.warmup()
         self.worker = worker
+        self._watch = asyncio.create_task(self._watch_engine(worker.engine))
         log.info(
             "ready: %s (%s), context %d",
             self.config.model,
@@ -125,8 +130,17 @@ class LanguageApp(ServiceApp):
             worker.info.context_length,
         )
 
+    async def _watch_engine(self, engine: TokenEngine) -> None:
+        """Poll ``engine`` for a failure (its thread or vLLM's core died): then ``fail`` (health
+        NOT_SERVING, drain, exit 1), as a worker that can only answer UNAVAILABLE must go."""
+        while (reason := engine.failure()) is None:
+            await asyncio.sleep(ENGINE_WATCH_SECONDS)
+        await self.fail(reason)
+
     async def shutdown(self) -> None:
         """Stop the engine (waiting requests get UNAVAILABLE) and close Redis."""
+        if self._watch is not None:
+            self._watch.cancel()
         if self.worker is not None:
             await asyncio.to_thread(self.worker.engine.stop)
         if self._store is not None:

@@ -48,6 +48,7 @@ class Engine:
         self.metrics = metrics if metrics is not None else Metrics()
         self._core = EngineCore(model, config, self.metrics)
         self._thread: threading.Thread | None = None
+        self._failure: str | None = None
 
     @property
     def running(self) -> int:
@@ -71,11 +72,15 @@ class Engine:
             self._thread.join()
         self._core.fail_all(Unavailable("the language engine stopped"))
 
+    def failure(self) -> str | None:
+        return self._failure
+
     def _run(self) -> None:
         try:
             self._core.run()
-        except BaseException:
+        except BaseException as exc:
             log.exception("the engine's loop crashed")
+            self._failure = f"the language engine's loop crashed ({type(exc).__name__})"
             self._core.shutdown()
             self._core.fail_all(Unavailable("the language engine failed"))
             raise
@@ -85,6 +90,8 @@ class Engine:
         self._validate(request)
         if self._thread is None:
             raise Unavailable("the language engine is not started")
+        if self._failure is not None:
+            raise Unavailable("the language engine failed; this replica is restarting, retry on another")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
 

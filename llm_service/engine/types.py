@@ -193,6 +193,10 @@ class TokenEngine(Protocol):
         """Stream ``request``'s events; closing the stream early cancels the request."""
         ...
 
+    def failure(self) -> str | None:
+        """Why the engine can serve nothing any more (it died), else ``None``; cheap, polled."""
+        ...
+
 
 @dataclass(frozen=True)
 class TokenEvent:

@@ -4,14 +4,19 @@ The worker builds the same ``EngineRequest``s for both engines; this one sends t
 and image embeddings to vLLM (``request.py``) and turns vLLM's streamed deltas into
 ``TokenEvent``s. Errors come back in Tandem's vocabulary: a full queue is ``Overloaded``, a
 request vLLM refuses ``InvalidInput``, a dead engine ``Unavailable``, a failed generation
-``GenerationFailed``.
+``GenerationFailed``. The engine metrics are the built-in engine's (``num_requests_running`` counts
+what vLLM holds, running or waiting; ``prompt_tokens``, ``cached_prompt_tokens`` from vLLM's
+prefix cache, ``generation_tokens``, ``request_success``, ``time_per_output_token_seconds``,
+``engine_cancelled``, ``engine_overloaded``), so one dashboard reads both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +33,7 @@ from llm_service.vllm_engine.families import VllmFamily
 from llm_service.vllm_engine.options import VllmOptions
 from llm_service.vllm_engine.request import sampling_params, vllm_prompt
 from tandem.errors import InvalidInput, Overloaded, TandemError, Unavailable
+from tandem.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +51,14 @@ class VllmEngine:
     request in vLLM.
     """
 
-    def __init__(self, options: VllmOptions, family: VllmFamily, vocab_size: int) -> None:
+    def __init__(
+        self, options: VllmOptions, family: VllmFamily, vocab_size: int, metrics: Metrics | None = None
+    ) -> None:
         self.options = options
         self.family = family
         self.vocab_size = vocab_size
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watch("num_requests_running", lambda: float(self.unfinished))
         self._llm: Any = None  # AsyncLLM once started
         self._dtype = torch.float32
         self._ids = itertools.count()
@@ -74,6 +84,12 @@ class VllmEngine:
     def warmup(self) -> None:
         """Nothing to do (see the class docstring)."""
 
+    def failure(self) -> str | None:
+        """Set once vLLM's engine core died (``AsyncLLM.errored``)."""
+        if self._llm is not None and self._llm.errored:
+            return "the vLLM engine died"
+        return None
+
     async def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]:
         """Stream ``request``'s tokens; the last event carries finish_reason and usage."""
         self._validate(request)
@@ -83,26 +99,52 @@ class VllmEngine:
         stream = self._llm.generate(
             prompt, sampling_params(request.sampling), f"{request.request_id}-{next(self._ids)}"
         )
-        generated = 0
-        async with contextlib.aclosing(stream):  # leaving early aborts the request in vLLM
-            while True:
-                output = await _next(stream)
-                if output is None:
+        generated, finished, last = 0, False, 0.0
+        try:
+            async with contextlib.aclosing(stream):  # leaving early aborts the request in vLLM
+                while True:
+                    output = await _next(stream)
+                    if output is None:
+                        return
+                    completion = output.outputs[0]
+                    generated += len(completion.token_ids)
+                    last = self._token_times(last, len(completion.token_ids))
+                    if not output.finished:
+                        yield TokenEvent(list(completion.token_ids), completion.text)
+                        continue
+                    finished = True
+                    usage = Usage(
+                        prompt_tokens=len(request.prompt_token_ids),
+                        image_tokens=request.image_tokens,
+                        completion_tokens=generated,
+                        cached_tokens=output.num_cached_tokens or 0,  # vLLM's prefix-cache hits
+                    )
+                    reason = _finish_reason(completion.finish_reason)
+                    self._count(usage, reason)
+                    yield TokenEvent(list(completion.token_ids), completion.text, reason, usage)
                     return
-                completion = output.outputs[0]
-                generated += len(completion.token_ids)
-                if not output.finished:
-                    yield TokenEvent(list(completion.token_ids), completion.text)
-                    continue
-                usage = Usage(
-                    prompt_tokens=len(request.prompt_token_ids),
-                    image_tokens=request.image_tokens,
-                    completion_tokens=generated,
-                    cached_tokens=output.num_cached_tokens or 0,  # vLLM's prefix-cache hits
-                )
-                reason = _finish_reason(completion.finish_reason)
-                yield TokenEvent(list(completion.token_ids), completion.text, reason, usage)
-                return
+        except Overloaded:
+            self.metrics.inc("engine_overloaded")
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            if not finished:
+                self.metrics.inc("engine_cancelled")
+            raise
+
+    def _token_times(self, last: float, count: int) -> float:
+        """Observe the time per output token since the previous output (none for the first)."""
+        now = time.monotonic()
+        if last and count:
+            gap = (now - last) / count
+            for _ in range(count):
+                self.metrics.observe("time_per_output_token_seconds", gap)
+        return now
+
+    def _count(self, usage: Usage, reason: FinishReason) -> None:
+        self.metrics.inc("prompt_tokens", usage.prompt_tokens)
+        self.metrics.inc("cached_prompt_tokens", usage.cached_tokens)
+        self.metrics.inc("generation_tokens", usage.completion_tokens)
+        self.metrics.inc("request_success", finished_reason=reason)
 
     def _validate(self, request: EngineRequest) -> None:
         n, sampling = len(request.prompt_token_ids), request.sampling

@@ -60,7 +60,7 @@ def build_vllm_worker(config: LlmConfig, store: KeyValueStore | None, metrics: M
         embed_only=family.modalities,
         extra=tuple(parse_engine_args(config.vllm_arg).items()),
     )
-    engine = VllmEngine(options, family, int(text_config.vocab_size))
+    engine = VllmEngine(options, family, int(text_config.vocab_size), metrics)
     hidden = int(text_config.hidden_size)
     cache = None
     if store is not None:

@@ -23,6 +23,8 @@ from tandem.bench.dataset import Conversation, DatasetConfig, Turn
 from tandem.bench.metrics import RequestRecord, Slo
 from tandem.bench.runner import ServeOutcome
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class HfConfig:
@@ -34,10 +36,13 @@ class HfConfig:
     ignore_eos: bool = False
     device: str = "cpu"
     slo: Slo | None = None
+    dtype: str = "auto"  # as from_pretrained takes it: the checkpoint's, or float32, bfloat16, ...
 
     def __post_init__(self) -> None:
         if self.warmups < 0:
             raise ValueError(f"{self.warmups=} must be >= 0")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 class _TokenClock:
@@ -62,7 +67,7 @@ class HfRunner:
     def __init__(self, config: HfConfig, on_request: Callable[[RequestRecord], None] = lambda _: None):
         self.config = config
         self.on_request = on_request
-        self.model, self.processor, self.is_vlm = _load(config.checkpoint, config.device)
+        self.model, self.processor, self.is_vlm = _load(config.checkpoint, config.device, config.dtype)
 
     def run(self, measured: list[Conversation], warmup: list[Conversation]) -> ServeOutcome:
         for conversation in warmup:
@@ -137,8 +142,9 @@ def _decode(data_url: str) -> Any:
     return image.convert("RGB")
 
 
-def _load(path: str, device: str) -> tuple[Any, Any, bool]:
-    """(model in eval mode on ``device``, processor or tokenizer, whether it takes images)."""
+def _load(path: str, device: str, dtype: str = "auto") -> tuple[Any, Any, bool]:
+    """(model in ``dtype`` in eval mode on ``device``, processor or tokenizer, whether it takes
+    images)."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -150,9 +156,9 @@ def _load(path: str, device: str) -> tuple[Any, Any, bool]:
     is_vlm = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
     model: Any
     if is_vlm:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         processor = AutoProcessor.from_pretrained(path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         processor = AutoTokenizer.from_pretrained(path)
     return model.to(device).eval(), processor, is_vlm

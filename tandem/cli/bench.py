@@ -119,6 +119,14 @@ def _add_hf(sub: Any) -> None:
     parser.add_argument(
         "--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: %(default)s)"
     )
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights and compute: auto is the checkpoint's, as from_pretrained loads it; float32 "
+        "compares with Tandem on a CPU without native bf16, where it computes bf16 checkpoints in "
+        "float32 (default: %(default)s)",
+    )
     _add_dataset(parser)
     _add_common(parser)
     parser.set_defaults(run=run_hf)
@@ -385,7 +393,7 @@ def run_hf(args: argparse.Namespace) -> int:
     try:
         config = HfConfig(
             checkpoint=args.checkpoint, dataset=_dataset(args), warmups=args.num_warmups,
-            ignore_eos=args.ignore_eos, device=args.device, slo=_slo(args),
+            ignore_eos=args.ignore_eos, device=args.device, slo=_slo(args), dtype=args.dtype,
         )  # fmt: skip
     except ValueError as exc:
         return _fail(exc, 2)

@@ -141,9 +141,11 @@ async def run_until_signal(
     server: GrpcServer,
     warmup: Callable[[], Awaitable[None]],
     shutdown: Callable[[], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Start ``server``, warm up, report SERVING, and drain on SIGTERM or SIGINT."""
-    stop = asyncio.Event()
+    """Start ``server``, warm up, report SERVING, and drain on SIGTERM or SIGINT (or when
+    ``stop`` is set: the service found it cannot go on)."""
+    stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -160,7 +162,7 @@ async def run_until_signal(
         await stopped
     else:
         warm.cancel()
-    log.info("signal received: draining for up to %.1fs", server.config.grace_seconds)
+    log.info("stopping: draining for up to %.1fs", server.config.grace_seconds)
     await server.drain()
     if shutdown is not None:
         await shutdown()

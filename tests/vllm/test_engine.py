@@ -53,6 +53,10 @@ async def drained(worker: Any) -> None:
 
 
 async def test_streams_token_by_token_with_usage(served: tuple[Any, HFOracle]) -> None:
+    metrics = served[0].engine.metrics
+    before = {
+        k: metrics.get(k) for k in ("prompt_tokens", "generation_tokens", "time_per_output_token_seconds")
+    }
     events = await run(served, "stream", SamplingConfig(max_new_tokens=12, ignore_eos=True))
     assert len([e for e in events if e.token_ids]) > 1
     assert all(e.finish_reason is None for e in events[:-1])
@@ -60,6 +64,11 @@ async def test_streams_token_by_token_with_usage(served: tuple[Any, HFOracle]) -
     assert final.finish_reason == "length" and final.usage is not None
     assert final.usage.completion_tokens == len(tokens(events)) == 12
     assert final.usage.image_tokens == 16
+    # the built-in engine's metrics, from vLLM's outputs
+    assert metrics.get("generation_tokens") - before["generation_tokens"] == 12
+    assert metrics.get("prompt_tokens") - before["prompt_tokens"] == final.usage.prompt_tokens
+    assert metrics.get("time_per_output_token_seconds") - before["time_per_output_token_seconds"] >= 1
+    assert metrics.get("request_success", finished_reason="length") >= 1
     text = served[1].processor.tokenizer.decode(tokens(events), skip_special_tokens=True)
     streamed = "".join(e.text for e in events)
     # vLLM never emits a last, incomplete UTF-8 character (U+FFFD); Tandem's engine flushes it
@@ -95,10 +104,13 @@ async def test_stop_token_ids_end_generation(served: tuple[Any, HFOracle]) -> No
 async def test_leaving_mid_stream_aborts_in_vllm(served: tuple[Any, HFOracle]) -> None:
     worker = served[0]
     stream = cast(AsyncGenerator[TokenEvent, None], worker.generate(request(served, "leave", LONG)))
+    cancelled = worker.engine.metrics.get("engine_cancelled")
     async with contextlib.aclosing(stream):
         assert (await anext(stream)).token_ids
         assert worker.engine.unfinished == 1
+        assert worker.engine.metrics.get("num_requests_running") == 1
     await drained(worker)
+    assert worker.engine.metrics.get("engine_cancelled") == cancelled + 1
     assert (await run(served, "after", SamplingConfig(max_new_tokens=4)))[-1].finish_reason is not None
 
 
@@ -112,8 +124,10 @@ async def test_a_full_queue_is_overloaded(served: tuple[Any, HFOracle]) -> None:
                 break
             await asyncio.sleep(0.01)
         assert worker.engine.unfinished == 3
+        overloaded = worker.engine.metrics.get("engine_overloaded")
         with pytest.raises(Overloaded):
             await run(served, "refused", SamplingConfig(max_new_tokens=4))
+        assert worker.engine.metrics.get("engine_overloaded") == overloaded + 1
     finally:
         for stream in streams:
             stream.cancel()

@@ -201,6 +201,33 @@ async def test_unavailable_until_loaded(checkpoint) -> None:  # type: ignore[no-
         await app.stop()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the crash, re-raised
+async def test_an_engine_that_dies_takes_the_worker_out_of_service(checkpoint) -> None:  # type: ignore[no-untyped-def]
+    app = LanguageApp(LlmConfig(model=str(checkpoint("llama")), port=0))
+    port = await app.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub, health = llm_pb2_grpc.LanguageServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+            assert len(await collect(stub, text_request())) >= 1 and app.failure is None
+
+            def crash() -> None:
+                raise RuntimeError("a bug outside the per-request guards")
+
+            assert app.worker is not None
+            app.worker.engine._core.step = crash  # type: ignore[attr-defined]
+            assert await status_of(stub, text_request()) == grpc.StatusCode.UNAVAILABLE  # the one in flight
+            for _ in range(100):
+                if app.failure is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert app.failure is not None and "crashed" in app.failure
+            status = (await health.Check(health_pb2.HealthCheckRequest(service=""))).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await status_of(stub, text_request()) == grpc.StatusCode.UNAVAILABLE  # refused at once
+    finally:
+        await app.stop()
+
+
 async def test_python_m_llm_service_serves_and_exits_on_sigterm(
     checkpoint, redis_server, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

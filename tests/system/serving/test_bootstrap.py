@@ -18,11 +18,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tandem import errors
-from tandem.serving.app import ServiceApp
+from tandem.serving.app import ServiceApp, run_service
 from tandem.serving.bootstrap import GrpcServer, channel_options, run_until_signal
 from tandem.serving.config import ServerConfig
 from tandem.serving.interceptor import status_for
 from tandem.serving.readiness import Readiness
+from tandem.serving.tracing import Tracing
 from tests.support.tls import needs_openssl, self_signed
 
 SECRET = "db-7.internal.example:6379 at 0x7f3a2b1c <object Foo at 0xdeadbeef>"
@@ -346,15 +347,15 @@ async def test_readiness_gate_holds_opens_and_closes_for_good() -> None:
 class FakeApp(ServiceApp):
     """A service whose warm-up records what health said while it ran."""
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, fail_warmup: bool = False):
         self.server = GrpcServer(ServerConfig(grace_seconds=0.5), [register], [SERVICE])
-        self.fail = fail
+        self.fail_warmup = fail_warmup
         self.seen_while_warming: list[str] = []
         self.shut_down = False
 
     async def warmup(self) -> None:
         self.seen_while_warming.append(self.server.readiness.state)
-        if self.fail:
+        if self.fail_warmup:
             raise RuntimeError("weights are missing")
 
     async def shutdown(self) -> None:
@@ -374,12 +375,51 @@ async def test_service_app_serves_only_after_warmup_and_stops_for_good() -> None
 
 
 async def test_service_app_serve_drains_when_warmup_fails() -> None:
-    app = FakeApp(fail=True)
+    app = FakeApp(fail_warmup=True)
     with pytest.raises(RuntimeError, match="weights are missing"):
         await asyncio.wait_for(app.serve(), timeout=5)
     assert app.seen_while_warming == ["holding"]
     assert app.server.readiness.state == "closed"  # drained, never reported SERVING
     assert not app.shut_down
+
+
+async def test_a_service_that_fails_reports_not_serving_drains_and_ends_serve() -> None:
+    app = FakeApp()
+    task = asyncio.ensure_future(app.serve())
+    try:
+        for _ in range(100):
+            if app.server.readiness.state == "serving":
+                break
+            await asyncio.sleep(0.02)
+        assert app.server.readiness.state == "serving" and app.failure is None
+        await app.fail("the engine died")
+        assert app.server.readiness.state == "closed"  # at once, before the drain ends
+        await asyncio.wait_for(task, timeout=5)
+        assert app.failure == "the engine died" and app.shut_down
+        await app.fail("again")  # a second failure changes nothing
+        assert app.failure == "the engine died"
+    finally:
+        if not task.done():
+            task.cancel()
+        await app.server.drain()
+
+
+def test_run_service_exits_with_code_1_after_a_failure() -> None:
+    class Failing(FakeApp):
+        async def warmup(self) -> None:
+            asyncio.get_running_loop().call_later(
+                0.1, lambda: asyncio.ensure_future(self.fail("engine died"))
+            )
+
+    apps: list[Failing] = []
+
+    def build(tracing: Tracing) -> Failing:
+        apps.append(Failing())
+        return apps[-1]
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_service(build, "fake")
+    assert exit_info.value.code == 1 and apps[0].shut_down
 
 
 async def test_service_app_serve_drains_and_shuts_down_on_sigterm() -> None:
