@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -87,16 +88,21 @@ class FloorArm:
         self._call: Callable[..., Any] | None = None
 
     async def open(self) -> None:
-        backend = await asyncio.to_thread(self._start, "backend")
-        relay = await asyncio.to_thread(self._start, "relay", f"127.0.0.1:{backend}")
+        # started from this (the main) thread: their parent-death signal follows it
+        backend = self._start("backend")
+        relay = self._start("relay", f"127.0.0.1:{backend}")
         self._channel = aio.insecure_channel(f"127.0.0.1:{relay}")
         self._call = self._channel.unary_stream(METHOD, None, None)
         await asyncio.wait_for(self._channel.channel_ready(), self.timeout_s)
 
     def _start(self, *args: str) -> int:
-        """One child; its port, read from the line it prints once serving."""
-        command = [sys.executable, "-m", "tandem.bench.floor", *args]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        """One child, armed to get SIGTERM should this process die first; its port, read from
+        the line it prints once serving."""
+        from tandem.serving.parent import PARENT_PID_ENV
+
+        command = [sys.executable, "-m", "tandem.serving.parent", sys.executable, "-m", "tandem.bench.floor"]
+        env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+        child = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, text=True, env=env)
         self._children.append(child)
         assert child.stdout is not None
         line = child.stdout.readline()

@@ -43,6 +43,9 @@ class ServeConfig:
 
     base_url: str
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # further replicas of the same model: conversation i goes to replica i mod N (client-side
+    # round robin, a conversation stays on its replica), e.g. two `vllm serve` without a balancer
+    more_base_urls: tuple[str, ...] = ()
     model: str | None = None
     api_key: str | None = field(default=None, repr=False)
     request_rate: float = math.inf
@@ -85,9 +88,9 @@ def user_message(turn: Turn) -> dict[str, Any]:
 
 
 class ServeRunner:
-    """Runs conversations against one endpoint; ``on_request`` is called after each measured
-    request (the progress bar), ``on_measured`` (in a thread) between the warm-up and the measured
-    requests (the metrics scrape the run's server figures start from)."""
+    """Runs conversations against an endpoint (or several, round robin); ``on_request`` is called
+    after each measured request (the progress bar), ``on_measured`` (in a thread) between the
+    warm-up and the measured requests (the metrics scrape the run's server figures start from)."""
 
     def __init__(
         self,
@@ -96,7 +99,9 @@ class ServeRunner:
         on_measured: Callable[[], None] | None = None,
     ):
         self.config = config
-        self.endpoint = Endpoint.of(config.base_url, config.api_key)
+        urls = (config.base_url, *config.more_base_urls)
+        self.endpoints = [Endpoint.of(url, config.api_key) for url in urls]
+        self.endpoint = self.endpoints[0]  # the model is asked of the first
         self.on_request = on_request
         self.on_measured = on_measured
 
@@ -154,11 +159,12 @@ class ServeRunner:
         """Run the turns in order, appending one record per turn (``on_request`` too when
         ``measured``). A failure (of a turn, or of creating the session) marks the turns left
         failed, without sending them."""
+        endpoint = self.endpoints[conversation.index % len(self.endpoints)]
         session_id: str | None = None
         history: list[dict[str, Any]] = []
         error = ""
         try:
-            session_id = await create_session(http, self.endpoint) if self.config.sessions else None
+            session_id = await create_session(http, endpoint) if self.config.sessions else None
         except Exception as exc:  # the conversation fails, the run goes on
             error = f"creating the session failed: {type(exc).__name__}: {exc}"[:500]
         for index, turn in enumerate(conversation.turns):
@@ -169,7 +175,7 @@ class ServeRunner:
                 if session_id:
                     body["session_id"] = session_id
                 record.started = time.perf_counter() - started
-                await stream_chat(http, self.endpoint, body, record)
+                await stream_chat(http, endpoint, body, record)
                 error = "" if record.success else f"skipped: turn {index} failed"
                 history += [message, {"role": "assistant", "content": record.text}]
             records.append(record)
@@ -177,7 +183,7 @@ class ServeRunner:
                 self.on_request(record)
         if session_id:
             with contextlib.suppress(Exception):  # a session left behind expires on its TTL
-                await delete_session(http, self.endpoint, session_id)
+                await delete_session(http, endpoint, session_id)
 
     def _body(self, model: str, turn: Turn, messages: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {

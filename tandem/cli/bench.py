@@ -64,8 +64,10 @@ def _add_serve(sub: Any) -> None:
     )
     parser.add_argument(
         "--base-url",
-        default="http://127.0.0.1:8000/v1",
-        help="the server's OpenAI base URL; /v1 is added when the URL has no path (default: %(default)s)",
+        action="append",
+        help="the server's OpenAI base URL; /v1 is added when the URL has no path (default: "
+        "http://127.0.0.1:8000/v1). Given more than once: replicas of one model, conversation i "
+        "goes to URL i mod N (round robin in the client; a conversation stays on its replica)",
     )
     parser.add_argument("--model", help="model id to request (default: the first one GET /v1/models lists)")
     parser.add_argument(
@@ -357,9 +359,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from tandem.bench.runner import ServeConfig, ServeRunner
     from tandem.bench.scrape import ScrapeError, StageProbe
 
+    urls = args.base_url or ["http://127.0.0.1:8000/v1"]
     try:
         config = ServeConfig(
-            base_url=args.base_url, dataset=_dataset(args), model=args.model,
+            base_url=urls[0], more_base_urls=tuple(urls[1:]), dataset=_dataset(args), model=args.model,
             api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), request_rate=args.request_rate,
             max_concurrency=args.max_concurrency, warmups=args.num_warmups, sessions=args.sessions,
             ignore_eos=args.ignore_eos, temperature=args.temperature,
@@ -382,7 +385,9 @@ def run_serve(args: argparse.Namespace) -> int:
                 probe.finish()
         except (ServerError, OSError, ScrapeError) as exc:
             return _fail(exc, 1)
-    server = {"base_url": runner.endpoint.base_url, "model": outcome.model}
+    server: dict[str, Any] = {"base_url": runner.endpoint.base_url, "model": outcome.model}
+    if len(runner.endpoints) > 1:
+        server["base_urls"] = [e.base_url for e in runner.endpoints]
     return _finish("serve", config, server, outcome, args, probe)
 
 

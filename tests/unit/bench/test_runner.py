@@ -153,3 +153,22 @@ async def test_a_failed_warm_up_stops_the_run(server: tuple[FakeServer, str]) ->
     fake.fail_status = 500
     with pytest.raises(RuntimeError, match="warm-up request failed: ServerError: HTTP 500"):
         await run(url)
+
+
+async def test_replicas_take_whole_conversations_round_robin(server: tuple[FakeServer, str]) -> None:
+    first, url = server
+    second = FakeServer()
+    runner = web.AppRunner(second.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        records, _ = await run(url, turns=2, n=4, warmups=0, more_base_urls=(f"http://127.0.0.1:{port}",))
+    finally:
+        await runner.cleanup()
+    assert len(records) == 8 and all(r.success for r in records)
+    assert len(first.bodies) == len(second.bodies) == 4  # conversations 0, 2 and 1, 3: two turns each
+    # a conversation stays on its replica: its second turn re-sends the first turn's reply there
+    for fake in (first, second):
+        assert [len(body["messages"]) for body in fake.bodies].count(3) == 2
