@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_service.vllm_engine.options import parse_engine_args
+from tandem.models.packed_linear import KERNELS
 from tandem.serving.config import ServiceConfig, listen_host, listen_port
 from tandem.serving.options import at_least, opt
 
@@ -55,6 +56,15 @@ class LlmConfig(ServiceConfig):
             "weight dtype (auto: the checkpoint's; float32 on a CPU that emulates its half precision)",
             env="TANDEM_LLM_DTYPE",
             choices=DTYPES,
+        ),
+    )
+    cpu_kernels: str = field(
+        default="onednn",
+        metadata=opt(
+            "matmul kernels on a CPU: onednn (linear weights prepacked once at load, as vLLM's CPU "
+            "backend does; ~2x faster decode at 4 streams) or torch (plain nn.Linear)",
+            env="TANDEM_CPU_KERNELS",
+            choices=KERNELS,
         ),
     )
     max_batch_size: int = field(

@@ -23,6 +23,7 @@ from llm_service.model import CausalLM, HFLanguageModel
 from tandem.models.checkpoint import iter_tensor_names, load_subset, resolve
 from tandem.models.fingerprint import fingerprint
 from tandem.models.meta import parameters_on_meta
+from tandem.models.packed_linear import prepack_linears
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,10 @@ def _has_head_bias(path: Path, prefixes: dict[str, str]) -> bool:
 
 
 def build_language_model(
-    path: Path, adapter: Adapter, device: torch.device, dtype: torch.dtype
+    path: Path, adapter: Adapter, device: torch.device, dtype: torch.dtype, kernels: str = "onednn"
 ) -> HFLanguageModel:
-    """The decoder and LM head of ``path``, filled with only their own tensors."""
+    """The decoder and LM head of ``path``, filled with only their own tensors; on a CPU their
+    linear layers' weights prepacked for oneDNN unless ``kernels`` is "torch" (packed_linear.py)."""
     text_config = adapter.text_config
     tied = _ties_embeddings(adapter.config, text_config)
     with parameters_on_meta():
@@ -123,6 +125,9 @@ def build_language_model(
     if left:
         raise ValueError(f"checkpoint {path} left {len(left)} parameters unloaded, e.g. {left[:3]}")
     module = module.to(device).eval().requires_grad_(False)
+    packed = prepack_linears(module, kernels)
+    if packed:
+        log.info("%d linear layers prepacked for oneDNN (--cpu-kernels onednn)", packed)
     return HFLanguageModel(module, text_config, adapter.position_dims)
 
 
@@ -151,7 +156,7 @@ def load(config: LlmConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, hf_config, device)
     before = rss_mib()
-    model = build_language_model(path, adapter, device, dtype)
+    model = build_language_model(path, adapter, device, dtype, config.cpu_kernels)
     millions, grown = model.parameter_count() / 1e6, rss_mib() - before
     log.info(
         "loaded the language half of %s (%s): %.1fM parameters, %s on %s, RSS +%.0f MiB",

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from llm_service.masks import block_masks
+from tandem.models.packed_linear import packed_parameter_count
 
 
 class CausalLM(nn.Module):
@@ -133,4 +134,4 @@ class HFLanguageModel:
         return cache
 
     def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
+        return sum(p.numel() for p in self.module.parameters()) + packed_parameter_count(self.module)

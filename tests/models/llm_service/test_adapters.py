@@ -26,6 +26,7 @@ from llm_service.conversation import ChatMessage, ImageRef, TextPart
 from llm_service.loader import build_language_model, load
 from llm_service.prompt import BREAK, PromptBuilder
 from tandem.errors import InvalidInput
+from tandem.models.packed_linear import KERNELS, PackedLinear
 from tandem.testing.checkpoints import make_test_image
 
 VLMS = ("llava", "qwen2_vl")
@@ -149,25 +150,30 @@ def _new_layout(kind: str):  # type: ignore[no-untyped-def]
 def test_both_checkpoint_layouts_load_the_same_weights(checkpoint, tmp_path: Path, kind: str) -> None:
     path = checkpoint(kind)
     adapter = adapter_for(AutoConfig.from_pretrained(path))
-    old = build_language_model(path, adapter, torch.device("cpu"), torch.float32)
+    # plain nn.Linear: packed weights are opaque buffers, outside state_dict()
+    old = build_language_model(path, adapter, torch.device("cpu"), torch.float32, kernels="torch")
     new_path = _rewrite(path, tmp_path / kind, _new_layout(kind))
-    new = build_language_model(new_path, adapter, torch.device("cpu"), torch.float32)
+    new = build_language_model(new_path, adapter, torch.device("cpu"), torch.float32, kernels="torch")
     old_state, new_state = old.module.state_dict(), new.module.state_dict()
     assert old_state.keys() == new_state.keys()
     for key, value in old_state.items():
         assert torch.equal(value, new_state[key]), key
 
 
-def test_tied_embeddings_share_the_input_table(checkpoint, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_tied_embeddings_share_the_input_table(checkpoint, tmp_path: Path, kernels: str) -> None:
     path = _rewrite(
         checkpoint("llama"),
         tmp_path / "tied",
         lambda key: None if key.startswith("lm_head.") else key,
         lambda config: config.update(tie_word_embeddings=True),
     )
-    loaded = load(LlmConfig(model=str(path), device="cpu"))
+    loaded = load(LlmConfig(model=str(path), device="cpu", cpu_kernels=kernels))
     module = loaded.model.module
-    assert module.lm_head.weight is module.embeddings.weight
+    if kernels == "torch":
+        assert module.lm_head.weight is module.embeddings.weight
+    else:  # the head packs a copy of the table
+        assert isinstance(module.lm_head, PackedLinear) and module.lm_head.weight.shape == module.embeddings.weight.shape
     ids = torch.tensor([[5, 6, 7]])
     logits, _ = loaded.model.forward(module.embeddings(ids), torch.arange(3)[None], torch.ones(1, 3), None)
     with torch.no_grad():
