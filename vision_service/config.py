@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tandem.models.packed_linear import KERNELS
 from tandem.serving.config import ServiceConfig, listen_host, listen_port
 from tandem.serving.options import at_least, opt
 
@@ -28,6 +29,15 @@ class VisionConfig(ServiceConfig):
         default="cpu", metadata=opt("torch device of the encoder", env="TANDEM_VISION_DEVICE")
     )
     dtype: str = field(default="float32", metadata=opt("encoder and embedding dtype", choices=DTYPES))
+    cpu_kernels: str = field(
+        default="onednn",
+        metadata=opt(
+            "matmul kernels on a CPU: onednn (linear weights prepacked once at load) or torch "
+            "(plain nn.Linear)",
+            env="TANDEM_CPU_KERNELS",
+            choices=KERNELS,
+        ),
+    )
     max_batch: int = field(default=8, metadata=opt("most images in one encoder forward"))
     max_images_per_request: int = field(default=32, metadata=opt("most images in one Encode call"))
     max_pending_images: int = field(

@@ -46,6 +46,7 @@ from tandem.metrics import Metrics
 from tandem.metrics.stopwatch import Stopwatch
 from tandem.models.checkpoint import resolve
 from tandem.models.fingerprint import fingerprint
+from tandem.models.packed_linear import prepack_linears
 from vision_service import media
 from vision_service.adapters import ImageFeatures, Pixels, VisionAdapter, load_adapter
 from vision_service.config import VisionConfig
@@ -115,6 +116,9 @@ class VisionService:
         metrics = metrics if metrics is not None else Metrics.for_service("vision")
         path = await asyncio.to_thread(resolve, config.model, config.revision)
         adapter = await asyncio.to_thread(load_adapter, path, config.device, config.dtype)
+        packed = await asyncio.to_thread(prepack_linears, adapter.module, config.cpu_kernels)
+        if packed:
+            log.info("%d linear layers prepacked for oneDNN (--cpu-kernels onednn)", packed)
         model_fingerprint = await asyncio.to_thread(fingerprint, path, config.model, config.revision)
         cache = None
         if config.redis_url:

@@ -173,7 +173,10 @@ def test_tied_embeddings_share_the_input_table(checkpoint, tmp_path: Path, kerne
     if kernels == "torch":
         assert module.lm_head.weight is module.embeddings.weight
     else:  # the head packs a copy of the table
-        assert isinstance(module.lm_head, PackedLinear) and module.lm_head.weight.shape == module.embeddings.weight.shape
+        assert (
+            isinstance(module.lm_head, PackedLinear)
+            and module.lm_head.weight.shape == module.embeddings.weight.shape
+        )
     ids = torch.tensor([[5, 6, 7]])
     logits, _ = loaded.model.forward(module.embeddings(ids), torch.arange(3)[None], torch.ones(1, 3), None)
     with torch.no_grad():

@@ -47,7 +47,11 @@ def test_parameters_moved_into_packed_weights_are_still_counted() -> None:
 
 def test_a_packed_layer_still_answers_dtype_device_and_shape() -> None:
     layer = PackedLinear(nn.Linear(8, 5))
-    assert (layer.weight.dtype, layer.weight.device.type, tuple(layer.weight.shape)) == (torch.float32, "cpu", (5, 8))
+    assert (layer.weight.dtype, layer.weight.device.type, tuple(layer.weight.shape)) == (
+        torch.float32,
+        "cpu",
+        (5, 8),
+    )
 
 
 def test_torch_kernels_and_other_dtypes_keep_nn_linear() -> None:
