@@ -11,17 +11,15 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tandem.bench.report import machine
+
 RESULTS = Path(__file__).resolve().parent / "results"
-PACKAGES = ("torch", "transformers", "grpcio", "protobuf", "redis", "hiredis", "tandem")
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -73,32 +71,6 @@ def interleaved(
             finally:
                 gc.enable()
     return samples
-
-
-def machine() -> dict[str, Any]:
-    """Where the figures were measured."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "versions": {name: _version(name) for name in PACKAGES},
-    }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def write_result(name: str, payload: Mapping[str, Any], results: Path = RESULTS) -> Path:
