@@ -374,6 +374,14 @@ async def test_service_app_serves_only_after_warmup_and_stops_for_good() -> None
     assert app.server.readiness.state == "closed" and app.shut_down
 
 
+async def _until_serving(app: FakeApp) -> None:
+    """Wait up to 2 s for ``app.serve()`` to report SERVING (the caller asserts it did)."""
+    for _ in range(100):
+        if app.server.readiness.state == "serving":
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_service_app_serve_drains_when_warmup_fails() -> None:
     app = FakeApp(fail_warmup=True)
     with pytest.raises(RuntimeError, match="weights are missing"):
@@ -387,10 +395,7 @@ async def test_a_service_that_fails_reports_not_serving_drains_and_ends_serve() 
     app = FakeApp()
     task = asyncio.ensure_future(app.serve())
     try:
-        for _ in range(100):
-            if app.server.readiness.state == "serving":
-                break
-            await asyncio.sleep(0.02)
+        await _until_serving(app)
         assert app.server.readiness.state == "serving" and app.failure is None
         await app.fail("the engine died")
         assert app.server.readiness.state == "closed"  # at once, before the drain ends
@@ -426,10 +431,7 @@ async def test_service_app_serve_drains_and_shuts_down_on_sigterm() -> None:
     app = FakeApp()
     task = asyncio.ensure_future(app.serve())
     try:
-        for _ in range(100):
-            if app.server.readiness.state == "serving":
-                break
-            await asyncio.sleep(0.02)
+        await _until_serving(app)
         assert app.server.readiness.state == "serving"
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(task, timeout=5)

@@ -69,16 +69,22 @@ class FakeServer:
         return response
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[tuple[FakeServer, str]]:
-    fake = FakeServer()
+async def _serve(fake: FakeServer) -> tuple[web.AppRunner, str]:
+    """``fake`` listening on a free local port: its runner (to clean up) and base URL."""
     runner = web.AppRunner(fake.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[FakeServer, str]]:
+    fake = FakeServer()
+    runner, url = await _serve(fake)
     try:
-        yield fake, f"http://127.0.0.1:{port}"
+        yield fake, url
     finally:
         await runner.cleanup()
 
@@ -158,13 +164,9 @@ async def test_a_failed_warm_up_stops_the_run(server: tuple[FakeServer, str]) ->
 async def test_replicas_take_whole_conversations_round_robin(server: tuple[FakeServer, str]) -> None:
     first, url = server
     second = FakeServer()
-    runner = web.AppRunner(second.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, second_url = await _serve(second)
     try:
-        records, _ = await run(url, turns=2, n=4, warmups=0, more_base_urls=(f"http://127.0.0.1:{port}",))
+        records, _ = await run(url, turns=2, n=4, warmups=0, more_base_urls=(second_url,))
     finally:
         await runner.cleanup()
     assert len(records) == 8 and all(r.success for r in records)
