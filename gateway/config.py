@@ -31,7 +31,8 @@ class GatewayConfig(ServiceConfig):
         default=("127.0.0.1:50052",),
         metadata=opt(
             "language service replicas, comma-separated host:port; a session's turns stick to one "
-            "replica by rendezvous hashing of its id",
+            "replica by rendezvous hashing of its id, other calls go by a hash of their prompt's "
+            "opening (same image or same conversation -> same replica's prefix cache), bounded by load",
             env="TANDEM_LLM_ADDRESSES",
         ),
     )

@@ -1,8 +1,8 @@
 """Async clients of the internal services: replica choice, fail-over, deadlines, error mapping.
 
 Every call passes the caller's remaining time as its gRPC timeout. A replica that answers
-UNAVAILABLE before it produced anything is skipped for the next one in the routing order (a
-session's next rendezvous choice, or the next round-robin replica); once a stream has produced
+UNAVAILABLE before it produced anything is skipped for the next one in the routing order (the
+next rendezvous choice of the session or of the prompt's prefix; routing.py); once a stream has produced
 tokens its failure is the caller's failure. Downstream statuses become domain errors:
 INVALID_ARGUMENT, NOT_FOUND and RESOURCE_EXHAUSTED keep their (caller-facing) message,
 UNAVAILABLE and DEADLINE_EXCEEDED get our own message, anything else is a generic internal
@@ -24,7 +24,7 @@ from vlm.v1 import llm_pb2, llm_pb2_grpc, vision_pb2, vision_pb2_grpc
 from gateway import convert
 from gateway.deadline import Deadline
 from gateway.messages import Chunk, ImageInput, ImageRef, Message, ModelInfo, Sampling
-from gateway.routing import Router
+from gateway.routing import Router, prefix_key
 from tandem.errors import (
     GENERIC_INTERNAL_MESSAGE,
     DeadlineExceeded,
@@ -207,8 +207,9 @@ class Downstream:
         deadline: Deadline,
         tenant: str = "",
     ) -> AsyncGenerator[Chunk, None]:
-        """Stream the answer from the session's replica (or the next round-robin one); the
-        language service keys the session's KV by (``tenant``, ``session_id``)."""
+        """Stream the answer from the session's replica, or without a session from the replica
+        its prompt prefix leads to (``Router.for_prefix``); the language service keys the
+        session's KV by (``tenant``, ``session_id``)."""
         request = llm_pb2.GenerateTokensRequest(
             request_id=request_id,
             messages=[convert.message_to_pb(m) for m in messages],
@@ -216,10 +217,14 @@ class Downstream:
             session_id=session_id,
             tenant=tenant,
         )
-        for address in self.language.order(session_id or None):
+        if session_id:
+            order = self.language.for_key(session_id)
+        else:
+            order = self.language.for_prefix(prefix_key(messages, tenant))
+        for address in order:
             stub = self._language_stub(address)
             outgoing = request_context.outgoing("vlm.v1.LanguageService/GenerateTokens", _peer(address))
-            with outgoing as metadata:
+            with outgoing as metadata, self.language.serving(address):
                 call = stub.GenerateTokens(
                     request, timeout=deadline.remaining(), metadata=(*self._metadata, *metadata)
                 )

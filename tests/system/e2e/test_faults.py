@@ -214,7 +214,7 @@ async def test_replica_killed_mid_stream_fails_its_calls_and_the_survivor_serves
             for stream, _ in healthy:
                 assert stream.code == grpc.StatusCode.OK, (stream.code, stream.details)
                 assert stream.finish != common_pb2.FINISH_REASON_UNSPECIFIED and stream.tokens
-            # New calls: round robin skips the dead replica, and the dead replica's sessions move.
+            # New calls skip the dead replica (whatever their prefix key), and the dead replica's sessions move.
             for _ in range(2):
                 fresh, task = follow(
                     stub.Generate(
