@@ -1,5 +1,6 @@
 """The shared server bootstrap on a real grpc.aio server: error mapping, auth, health, sizes,
-the readiness gate and the service lifecycle."""
+TLS, reflection, the readiness gate and run_until_signal. ServiceApp's lifecycle on top of it is
+in test_service_app.py."""
 
 from __future__ import annotations
 
@@ -18,29 +19,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tandem import errors
-from tandem.serving.app import ServiceApp, run_service
 from tandem.serving.bootstrap import GrpcServer, channel_options, run_until_signal
 from tandem.serving.config import ServerConfig
 from tandem.serving.interceptor import status_for
 from tandem.serving.readiness import Readiness
-from tandem.serving.tracing import Tracing
+from tests.support.bootstrap_servicer import RAISES, SERVICE, health_status, register
 from tests.support.tls import needs_openssl, self_signed
-
-SECRET = "db-7.internal.example:6379 at 0x7f3a2b1c <object Foo at 0xdeadbeef>"
-
-RAISES: dict[str, BaseException] = {
-    "invalid": errors.InvalidInput("image is not a PNG, JPEG, WebP, GIF or BMP file"),
-    "not_found": errors.NotFound("session 'abc' does not exist"),
-    "overloaded": errors.Overloaded("too many requests in flight; retry later"),
-    "unavailable": errors.Unavailable("the server is draining"),
-    "deadline": errors.DeadlineExceeded("the deadline passed while encoding"),
-    "conflict": errors.Conflict("another turn of this session is running"),
-    "unauthenticated": errors.Unauthenticated("bad token"),
-    "timeout": TimeoutError(SECRET),
-    "bug": RuntimeError(SECRET),
-    "key": KeyError(SECRET),
-    "empty_domain": errors.NotFound(),
-}
 
 EXPECTED: dict[str, tuple[grpc.StatusCode, str]] = {
     "invalid": (grpc.StatusCode.INVALID_ARGUMENT, "image is not a PNG, JPEG, WebP, GIF or BMP file"),
@@ -57,32 +41,6 @@ EXPECTED: dict[str, tuple[grpc.StatusCode, str]] = {
 }
 
 LEAK = re.compile(r"Traceback|File \"|0x[0-9a-f]{4,}|internal\.example|<\w+ .* at |Error\(")
-
-
-class Servicer(gateway_pb2_grpc.GatewayServiceServicer):
-    """Raises the error named by the request; echoes otherwise."""
-
-    async def GetSession(self, request, context):  # type: ignore[no-untyped-def]
-        if request.session_id in RAISES:
-            raise RAISES[request.session_id]
-        return gateway_pb2.GetSessionResponse(session=gateway_pb2.Session(session_id=request.session_id))
-
-    async def Generate(self, request, context):  # type: ignore[no-untyped-def]
-        name, _, when = request.request_id.partition("@")
-        if when == "after":
-            yield gateway_pb2.GenerateResponse(text="first")
-        if name in RAISES:
-            raise RAISES[name]
-        for word in ("a", "b", "c"):
-            yield gateway_pb2.GenerateResponse(text=word)
-            await asyncio.sleep(0.05 if when == "slow" else 0)
-
-
-def register(server: aio.Server) -> None:
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(Servicer(), server)
-
-
-SERVICE = "vlm.v1.GatewayService"
 
 Started = Callable[..., Awaitable[tuple[GrpcServer, aio.Channel]]]
 
@@ -212,18 +170,13 @@ async def test_auth_accepts_the_right_token_and_leaves_health_open(started: Star
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def _status(channel: aio.Channel, service: str = "") -> int:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
-    return reply.status
-
-
 async def test_health_lifecycle(started: Started) -> None:
     server, channel = await started(grace_seconds=2.0)
-    assert await _status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert await _status(channel, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await health_status(channel, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
     await server.set_serving()
-    assert await _status(channel) == health_pb2.HealthCheckResponse.SERVING
-    assert await _status(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert await health_status(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
     first = await watch.read()
     assert first.status == health_pb2.HealthCheckResponse.SERVING
@@ -244,7 +197,7 @@ async def test_health_lifecycle(started: Started) -> None:
     assert await stream.code() == grpc.StatusCode.OK
     await asyncio.wait_for(draining, timeout=5)
     with pytest.raises(aio.AioRpcError) as caught:
-        await _status(channel)
+        await health_status(channel)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -298,10 +251,10 @@ async def test_run_until_signal_serves_then_drains_on_sigterm() -> None:
         await asyncio.wait_for(warmed.wait(), timeout=5)
         channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
         for _ in range(50):
-            if await _status(channel) == health_pb2.HealthCheckResponse.SERVING:
+            if await health_status(channel) == health_pb2.HealthCheckResponse.SERVING:
                 break
             await asyncio.sleep(0.02)
-        assert await _status(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
         await channel.close(None)
         os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop's signal handler
         await asyncio.wait_for(task, timeout=5)
@@ -317,10 +270,10 @@ async def test_tls_listener(started: Started, tmp_path: Path) -> None:
     key, cert = self_signed(tmp_path)
     server, plain = await started(tls_cert=str(cert), tls_key=str(key))
     with pytest.raises(aio.AioRpcError):  # plaintext is refused on a TLS listener
-        await _status(plain)
+        await health_status(plain)
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     async with aio.secure_channel(f"localhost:{server.port}", credentials) as secure:
-        assert await _status(secure) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await health_status(secure) == health_pb2.HealthCheckResponse.NOT_SERVING
         reply = await gateway_pb2_grpc.GatewayServiceStub(secure).GetSession(
             gateway_pb2.GetSessionRequest(session_id="over tls")
         )
@@ -342,101 +295,3 @@ async def test_readiness_gate_holds_opens_and_closes_for_good() -> None:
     assert gate.state == "closed" and await statuses() == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
     await gate.open()  # a warm-up that ends during the drain
     assert gate.state == "closed" and await statuses() == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
-
-
-class FakeApp(ServiceApp):
-    """A service whose warm-up records what health said while it ran."""
-
-    def __init__(self, fail_warmup: bool = False):
-        self.server = GrpcServer(ServerConfig(grace_seconds=0.5), [register], [SERVICE])
-        self.fail_warmup = fail_warmup
-        self.seen_while_warming: list[str] = []
-        self.shut_down = False
-
-    async def warmup(self) -> None:
-        self.seen_while_warming.append(self.server.readiness.state)
-        if self.fail_warmup:
-            raise RuntimeError("weights are missing")
-
-    async def shutdown(self) -> None:
-        self.shut_down = True
-
-
-async def test_service_app_serves_only_after_warmup_and_stops_for_good() -> None:
-    app = FakeApp()
-    port = await app.start()
-    try:
-        assert app.seen_while_warming == ["holding"]
-        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert await _status(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        await app.stop()
-    assert app.server.readiness.state == "closed" and app.shut_down
-
-
-async def _until_serving(app: FakeApp) -> None:
-    """Wait up to 2 s for ``app.serve()`` to report SERVING (the caller asserts it did)."""
-    for _ in range(100):
-        if app.server.readiness.state == "serving":
-            return
-        await asyncio.sleep(0.02)
-
-
-async def test_service_app_serve_drains_when_warmup_fails() -> None:
-    app = FakeApp(fail_warmup=True)
-    with pytest.raises(RuntimeError, match="weights are missing"):
-        await asyncio.wait_for(app.serve(), timeout=5)
-    assert app.seen_while_warming == ["holding"]
-    assert app.server.readiness.state == "closed"  # drained, never reported SERVING
-    assert not app.shut_down
-
-
-async def test_a_service_that_fails_reports_not_serving_drains_and_ends_serve() -> None:
-    app = FakeApp()
-    task = asyncio.ensure_future(app.serve())
-    try:
-        await _until_serving(app)
-        assert app.server.readiness.state == "serving" and app.failure is None
-        await app.fail("the engine died")
-        assert app.server.readiness.state == "closed"  # at once, before the drain ends
-        await asyncio.wait_for(task, timeout=5)
-        assert app.failure == "the engine died" and app.shut_down
-        await app.fail("again")  # a second failure changes nothing
-        assert app.failure == "the engine died"
-    finally:
-        if not task.done():
-            task.cancel()
-        await app.server.drain()
-
-
-def test_run_service_exits_with_code_1_after_a_failure() -> None:
-    class Failing(FakeApp):
-        async def warmup(self) -> None:
-            asyncio.get_running_loop().call_later(
-                0.1, lambda: asyncio.ensure_future(self.fail("engine died"))
-            )
-
-    apps: list[Failing] = []
-
-    def build(tracing: Tracing) -> Failing:
-        apps.append(Failing())
-        return apps[-1]
-
-    with pytest.raises(SystemExit) as exit_info:
-        run_service(build, "fake")
-    assert exit_info.value.code == 1 and apps[0].shut_down
-
-
-async def test_service_app_serve_drains_and_shuts_down_on_sigterm() -> None:
-    app = FakeApp()
-    task = asyncio.ensure_future(app.serve())
-    try:
-        await _until_serving(app)
-        assert app.server.readiness.state == "serving"
-        os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.wait_for(task, timeout=5)
-        assert app.server.readiness.state == "closed" and app.shut_down
-    finally:
-        if not task.done():
-            task.cancel()
-        await app.server.drain()
