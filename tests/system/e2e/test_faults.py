@@ -10,14 +10,9 @@ starts again. Every process and server started here is stopped in a ``finally``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,52 +28,14 @@ from gateway.config import GatewayConfig
 from gateway.routing import rendezvous_order
 from llm_service.config import LlmConfig
 from llm_service.server import LanguageApp
-from tandem.launcher import Child, Launcher, ServiceSpec
 from tandem.redis_local import LocalRedis
-from tandem.serving.bootstrap import channel_options
-from tests.support import ROOT
 from tests.support.gateway_stack import messages, part, png
+from tests.support.processes import gateway_over, launcher, spawn_llm
 
 GRACE = 3.0
 PROMPT = "hi"  # the tiny Llama greedily runs past 900 tokens on this one, no early EOS
 START_TIMEOUT = 60.0
 STORE_DOWN = "the session store is unavailable; retry later"
-
-
-@contextlib.contextmanager
-def launcher(log_dir: Path) -> Iterator[Launcher]:
-    """A launcher whose children are all killed (SIGTERM, then SIGKILL) on exit."""
-    out = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    spawned = Launcher(log_dir, out=out)
-    try:
-        yield spawned
-    finally:
-        spawned.shutdown([], 10.0)
-        out.close()
-
-
-def spawn_llm(spawned: Launcher, name: str, model: Path, *extra: str) -> Child:
-    """``python -m llm_service`` as a child of ``spawned`` (so its shutdown stops it).
-
-    Started here rather than with ``Launcher.spawn``: that one forks with a ``preexec_fn``, and
-    such a fork of this process (gRPC threads running) once died of SIGABRT before its exec
-    ("epoll_wait error: Bad file descriptor"); a plain Popen does not run Python in the fork.
-    """
-    port_file = spawned.log_dir / f"{name}.port"
-    command = (
-        sys.executable, "-m", "llm_service", "--model", str(model), "--device", "cpu",
-        "--redis-url", "", "--port", "0", "--port-file", str(port_file), *extra,
-    )  # fmt: skip
-    path = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
-    env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
-    log_path = spawned.log_dir / f"{name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-    child = Child(ServiceSpec(name, command, port_file=port_file), process, log_path, time.monotonic())
-    spawned.children.append(child)
-    return child
 
 
 def tokens_request(n: int) -> llm_pb2.GenerateTokensRequest:
@@ -153,21 +110,6 @@ async def test_sigterm_drains_a_language_worker_and_exits_zero(checkpoint, tmp_p
         assert "Traceback" not in child.tail(200)
 
 
-@contextlib.asynccontextmanager
-async def gateway_over(llm_addresses: tuple[str, ...], redis_url: str) -> AsyncIterator[Any]:
-    """An in-process gateway on port 0 and a stub to it; stopped on exit."""
-    config = GatewayConfig(
-        llm_addresses=llm_addresses, redis_url=redis_url, port=0, grace_seconds=1, cache_prefix="faults"
-    )
-    app = GatewayApp(config)
-    port = await app.start()
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(64 << 20)) as channel:
-            yield gateway_pb2_grpc.GatewayServiceStub(channel)
-    finally:
-        await app.stop()
-
-
 async def sessions_on(stub: Any, addresses: tuple[str, str], each: int) -> dict[str, list[str]]:
     """``each`` new sessions whose rendezvous replica is each of ``addresses``."""
     found: dict[str, list[str]] = {a: [] for a in addresses}
@@ -214,7 +156,7 @@ async def test_replica_killed_mid_stream_fails_its_calls_and_the_survivor_serves
             for stream, _ in healthy:
                 assert stream.code == grpc.StatusCode.OK, (stream.code, stream.details)
                 assert stream.finish != common_pb2.FINISH_REASON_UNSPECIFIED and stream.tokens
-            # New calls skip the dead replica (whatever their prefix key), and the dead replica's sessions move.
+            # New calls skip the dead replica (whatever their prefix key); its sessions move.
             for _ in range(2):
                 fresh, task = follow(
                     stub.Generate(
