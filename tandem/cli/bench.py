@@ -62,6 +62,14 @@ def _add_serve(sub: Any) -> None:
             "first and are not counted."
         ),
     )
+    _add_server(parser)
+    _add_load(parser)
+    _add_workload(parser)
+    parser.set_defaults(run=run_serve)
+
+
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    """``serve``: which server, which model, which key."""
     parser.add_argument(
         "--base-url",
         action="append",
@@ -73,7 +81,10 @@ def _add_serve(sub: Any) -> None:
     parser.add_argument(
         "--api-key", help="sent as `Authorization: Bearer KEY` (default: $OPENAI_API_KEY, else none)"
     )
-    _add_dataset(parser)
+
+
+def _add_load(parser: argparse.ArgumentParser) -> None:
+    """``serve``: how the conversations reach the server, and what is scraped from it."""
     parser.add_argument(
         "--request-rate",
         type=float,
@@ -102,11 +113,11 @@ def _add_serve(sub: Any) -> None:
         "server_stages has every tandem_*_seconds histogram's time per request, and the B4 stages' sum "
         "against the mean TTFT. An unreachable URL stops the run before it starts",
     )
-    _add_common(parser)
-    parser.set_defaults(run=run_serve)
 
 
 def _add_hf(sub: Any) -> None:
+    from tandem.bench.hf_arm import DTYPES
+
     parser = sub.add_parser(
         "hf",
         help="run the same workload in-process with Hugging Face generate()",
@@ -123,15 +134,59 @@ def _add_hf(sub: Any) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=DTYPES,
         default="auto",
         help="weights and compute: auto is the checkpoint's, as from_pretrained loads it; float32 "
         "compares with Tandem on a CPU without native bf16, where it computes bf16 checkpoints in "
         "float32 (default: %(default)s)",
     )
-    _add_dataset(parser)
-    _add_common(parser)
+    parser.add_argument(
+        "--max-concurrency",
+        type=_one_at_a_time,
+        default=1,
+        metavar="1",
+        help="accepted so that serve's options with --max-concurrency 1 run here as they are; the hf arm "
+        "runs requests one at a time, so any other value is an error",
+    )
+    _add_workload(parser)
     parser.set_defaults(run=run_hf)
+
+
+def _one_at_a_time(value: str) -> int:
+    """``hf --max-concurrency``: 1, or an argparse error that says why nothing else is."""
+    try:
+        if int(value) == 1:
+            return 1
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(
+        f"the hf arm runs requests one at a time (batch 1), so only 1 is accepted, not {value!r}"
+    )
+
+
+def _add_workload(parser: argparse.ArgumentParser) -> None:
+    """The options ``serve`` and ``hf`` share, so that one workload string runs on both: the
+    seeded requests, how each is generated and judged, and where the result goes."""
+    _add_dataset(parser)
+    parser.add_argument(
+        "--num-warmups", type=int, default=1, help="warm-up conversations run first, not counted (default: 1)"
+    )
+    parser.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="generate exactly --output-len tokens: sends ignore_eos (vLLM's extension; Tandem's too)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default: 0)"
+    )
+    parser.add_argument(
+        "--goodput",
+        nargs="+",
+        default=[],
+        metavar="NAME:MS",
+        help="SLOs for goodput, e.g. --goodput ttft:500 tpot:50 (names: ttft, tpot, e2el; milliseconds)",
+    )
+    _add_output(parser, "<benchmark>-<dataset>-<time>.json")
 
 
 def _add_dataset(parser: argparse.ArgumentParser) -> None:
@@ -192,34 +247,16 @@ def _add_dataset(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--num-warmups", type=int, default=1, help="warm-up conversations run first, not counted (default: 1)"
-    )
-    parser.add_argument(
-        "--ignore-eos",
-        action="store_true",
-        help="generate exactly --output-len tokens: sends ignore_eos (vLLM's extension; Tandem's too)",
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default: 0)"
-    )
-    parser.add_argument(
-        "--goodput",
-        nargs="+",
-        default=[],
-        metavar="NAME:MS",
-        help="SLOs for goodput, e.g. --goodput ttft:500 tpot:50 (names: ttft, tpot, e2el; milliseconds)",
-    )
+def _add_output(parser: argparse.ArgumentParser, filename: str) -> None:
+    """Where the JSON result goes (``filename``: the default name, as help shows it), and the
+    progress bar: serve, hf and overhead."""
     parser.add_argument(
         "--result-dir",
         type=Path,
         default=Path("bench/results"),
         help="folder of the JSON result (default: %(default)s, git-ignored)",
     )
-    parser.add_argument(
-        "--result-filename", help="name of the JSON file (default: <benchmark>-<dataset>-<time>.json)"
-    )
+    parser.add_argument("--result-filename", help=f"name of the JSON file (default: {filename})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -248,6 +285,14 @@ def _add_overhead(sub: Any) -> None:
             "it starts `tandem up` on free ports itself and stops it at the end."
         ),
     )
+    _add_overhead_system(parser)
+    _add_overhead_rounds(parser)
+    _add_output(parser, "overhead-<time>.json")
+    parser.set_defaults(run=run_overhead)
+
+
+def _add_overhead_system(parser: argparse.ArgumentParser) -> None:
+    """``overhead``: the model, and the gateway it measures (a running one, or one it starts)."""
     parser.add_argument(
         "--checkpoint",
         default=os.environ.get("TANDEM_MODEL"),
@@ -259,6 +304,22 @@ def _add_overhead(sub: Any) -> None:
     parser.add_argument(
         "--api-key", help="the gateway's key, for both arms (default: $OPENAI_API_KEY, else none)"
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the models run (default: auto)",
+    )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=600.0, help="seconds `tandem up` may take to be ready"
+    )
+    parser.add_argument(
+        "--log-dir", type=Path, help="logs of the `tandem up` it starts (default: a new temporary folder)"
+    )
+
+
+def _add_overhead_rounds(parser: argparse.ArgumentParser) -> None:
+    """``overhead``: the rounds measured, their prompt, and whether arm D runs."""
     parser.add_argument("--num-samples", type=int, default=50, help="measured rounds (default: %(default)s)")
     parser.add_argument(
         "--num-warmups", type=int, default=5, help="rounds first, not counted (default: %(default)s)"
@@ -275,29 +336,8 @@ def _add_overhead(sub: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt's words (default: 0)")
     parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where the models run (default: auto)",
-    )
-    parser.add_argument(
-        "--startup-timeout", type=float, default=600.0, help="seconds `tandem up` may take to be ready"
-    )
-    parser.add_argument(
-        "--log-dir", type=Path, help="logs of the `tandem up` it starts (default: a new temporary folder)"
-    )
-    parser.add_argument(
-        "--result-dir",
-        type=Path,
-        default=Path("bench/results"),
-        help="folder of the JSON result (default: %(default)s, git-ignored)",
-    )
-    parser.add_argument("--result-filename", help="name of the JSON file (default: overhead-<time>.json)")
-    parser.add_argument(
         "--no-floor", action="store_true", help="skip arm D (the bare two-hop gRPC floor of this machine)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    parser.set_defaults(run=run_overhead)
 
 
 def _add_checkpoint(sub: Any) -> None:
@@ -352,7 +392,6 @@ def _dataset(args: argparse.Namespace) -> DatasetConfig:
 
 def run_serve(args: argparse.Namespace) -> int:
     import asyncio
-    import os
 
     from tandem.bench.client import ServerError
     from tandem.bench.dataset import build_dataset

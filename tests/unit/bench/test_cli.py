@@ -34,6 +34,27 @@ def test_serve_options_reach_the_dataset() -> None:
     assert bench_cli._slo(args) is not None
 
 
+WORKLOAD = ["--dataset", "random-mm", "--num-prompts", "6", "--turns", "2", "--mm-reuse", "0.5",
+            "--max-concurrency", "1", "--ignore-eos"]  # fmt: skip
+
+
+def test_hf_takes_a_serve_workload_at_concurrency_1() -> None:
+    serve = build_parser().parse_args(["bench", "serve", *WORKLOAD])
+    hf = build_parser().parse_args(["bench", "hf", "--checkpoint", "ckpt", *WORKLOAD])
+    assert hf.run is bench_cli.run_hf and hf.max_concurrency == 1 and serve.max_concurrency == 1
+    assert bench_cli._dataset(hf) == bench_cli._dataset(serve)
+    assert build_parser().parse_args(["bench", "hf", "--checkpoint", "ckpt"]).max_concurrency == 1
+
+
+@pytest.mark.parametrize("value", ["2", "0", "many"])
+def test_hf_refuses_any_other_concurrency(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["bench", "hf", "--checkpoint", "ckpt", "--max-concurrency", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--max-concurrency" in err and "one at a time" in err and "unrecognized" not in err
+
+
 def test_bad_values_fail_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["bench", "serve", "--mm-reuse", "2"])
     assert args.run(args) == 2
