@@ -434,6 +434,10 @@ def run_hf(args: argparse.Namespace) -> int:
     from tandem.bench.dataset import build_dataset
     from tandem.bench.hf_arm import HfConfig, HfRunner
 
+    if args.temperature != 0:
+        return _fail(
+            ValueError("the hf arm is greedy (generate() with do_sample=False): use --temperature 0"), 2
+        )
     try:
         config = HfConfig(
             checkpoint=args.checkpoint, dataset=_dataset(args), warmups=args.num_warmups,

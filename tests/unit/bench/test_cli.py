@@ -55,6 +55,12 @@ def test_hf_refuses_any_other_concurrency(value: str, capsys: pytest.CaptureFixt
     assert "--max-concurrency" in err and "one at a time" in err and "unrecognized" not in err
 
 
+def test_hf_refuses_a_temperature_it_would_ignore(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["bench", "hf", "--checkpoint", "ckpt", "--temperature", "0.7"])
+    assert args.run(args) == 2
+    assert "greedy" in capsys.readouterr().err
+
+
 def test_bad_values_fail_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["bench", "serve", "--mm-reuse", "2"])
     assert args.run(args) == 2
