@@ -11,7 +11,7 @@ import pytest
 
 from llm_service.config import LlmConfig
 from llm_service.vllm_engine.families import UnsupportedByVllm, family_for
-from llm_service.vllm_engine.options import CPU_KV_CACHE_BYTES, VllmOptions, parse_engine_args
+from llm_service.vllm_engine.options import CPU_BLOCK_SIZE, CPU_KV_CACHE_BYTES, VllmOptions, parse_engine_args
 from tandem.cli.services import check_argv
 from tandem.serving.options import parse_config
 
@@ -49,7 +49,13 @@ def test_tandem_flags_map_onto_vllm_arguments() -> None:
     assert gpu["max_num_seqs"] == 4  # --vllm-arg wins over Tandem's choice
     assert gpu["enable_mm_embeds"] and gpu["limit_mm_per_prompt"] == {"image": 0, "video": 0}
     assert "gpu_memory_utilization" not in gpu and "kv_cache_memory_bytes" not in gpu
-    assert options.engine_kwargs(on_cpu=True)["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    assert "block_size" not in gpu  # vLLM's GPU default
+    cpu = options.engine_kwargs(on_cpu=True)
+    assert cpu["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES and cpu["block_size"] == CPU_BLOCK_SIZE
+    mine = VllmOptions(
+        model="/m", context_length=64, max_batch_size=1, max_queue=0, extra=(("block_size", 128),)
+    )
+    assert mine.engine_kwargs(on_cpu=True)["block_size"] == 128
 
 
 def test_families_vllm_takes_as_embeddings() -> None:
