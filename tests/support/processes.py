@@ -3,6 +3,7 @@ language worker as a child process, and an in-process gateway over given workers
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -56,6 +57,13 @@ def spawn_llm(spawned: Launcher, name: str, model: Path, *extra: str) -> Child:
     child = Child(ServiceSpec(name, command, port_file=port_file), process, log_path, time.monotonic())
     spawned.children.append(child)
     return child
+
+
+async def serving_llms(spawned: Launcher, model: Path, names: tuple[str, ...], timeout: float) -> list[Child]:
+    """``spawn_llm`` for each of ``names``, returned once all of them serve (within ``timeout``)."""
+    children = [spawn_llm(spawned, name, model) for name in names]
+    await asyncio.to_thread(spawned.wait_serving, children, timeout)
+    return children
 
 
 @contextlib.asynccontextmanager

@@ -30,7 +30,7 @@ from llm_service.config import LlmConfig
 from llm_service.server import LanguageApp
 from tandem.redis_local import LocalRedis
 from tests.support.gateway_stack import messages, part, png
-from tests.support.processes import gateway_over, launcher, spawn_llm
+from tests.support.processes import gateway_over, launcher, serving_llms, spawn_llm
 
 GRACE = 3.0
 PROMPT = "hi"  # the tiny Llama greedily runs past 900 tokens on this one, no early EOS
@@ -136,8 +136,7 @@ async def test_replica_killed_mid_stream_fails_its_calls_and_the_survivor_serves
     checkpoint, redis_server: LocalRedis, tmp_path: Path
 ) -> None:
     with launcher(tmp_path) as spawned:
-        children = [spawn_llm(spawned, name, checkpoint("llama")) for name in ("llm-a", "llm-b")]
-        await asyncio.to_thread(spawned.wait_serving, children, START_TIMEOUT)
+        children = await serving_llms(spawned, checkpoint("llama"), ("llm-a", "llm-b"), START_TIMEOUT)
         victim, survivor = (f"127.0.0.1:{c.port}" for c in children)
         async with gateway_over((victim, survivor), redis_server.url) as stub:
             homes = await sessions_on(stub, (victim, survivor), 2)

@@ -3,7 +3,6 @@ meets the same worker's prefix cache on every turn (the gateway routes by the pr
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from vlm.v1 import common_pb2, gateway_pb2
 
 from tandem.redis_local import LocalRedis
 from tests.support.gateway_stack import messages
-from tests.support.processes import gateway_over, launcher, spawn_llm
+from tests.support.processes import gateway_over, launcher, serving_llms
 
 START_TIMEOUT = 60.0
 
@@ -29,8 +28,7 @@ async def test_re_sent_history_reuses_one_workers_prefix_cache(  # type: ignore[
     checkpoint, redis_server: LocalRedis, tmp_path: Path
 ) -> None:
     with launcher(tmp_path) as spawned:
-        children = [spawn_llm(spawned, name, checkpoint("llama")) for name in ("llm-a", "llm-b")]
-        await asyncio.to_thread(spawned.wait_serving, children, START_TIMEOUT)
+        children = await serving_llms(spawned, checkpoint("llama"), ("llm-a", "llm-b"), START_TIMEOUT)
         addresses = tuple(f"127.0.0.1:{c.port}" for c in children)
         async with gateway_over(addresses, redis_server.url) as stub:
             for opening in ("tell me about rivers", "name a colour", "count to three", "say hello"):

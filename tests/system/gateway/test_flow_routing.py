@@ -47,29 +47,27 @@ async def test_one_image_meets_one_replica_and_distinct_images_spread(start_syst
     assert spread == {0, 1}
 
 
+async def homes_of(system, history: list[gateway_pb2.ChatMessage], turns: int) -> set[int]:  # type: ignore[no-untyped-def]
+    """The replicas that served ``turns`` turns of a conversation whose history is re-sent."""
+    homes: set[int] = set()
+    for turn in range(turns):
+        before = counts(system)
+        answer = answer_of(await collect(system.stub.Generate(generate(*history))))
+        homes.update(served_by(system, before))
+        reply = gateway_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, parts=[text(answer)])
+        history = [*history, reply, user(text(f"and turn {turn + 2}?"))]
+    return homes
+
+
 async def test_a_re_sent_conversation_stays_on_its_replica(start_system: StartSystem) -> None:
     system = await start_system(replicas=2)
     for opening in range(6):
-        history = [user(image(data=png(100 + opening)), text("describe it"))]
-        homes = set()
-        for turn in range(4):
-            before = counts(system)
-            answer = answer_of(await collect(system.stub.Generate(generate(*history))))
-            homes.update(served_by(system, before))
-            reply = gateway_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, parts=[text(answer)])
-            history += [reply, user(text(f"and turn {turn + 2}?"))]
+        homes = await homes_of(system, [user(image(data=png(100 + opening)), text("describe it"))], 4)
         assert len(homes) == 1, (opening, homes)
     # Text-only conversations: keyed by their opening (system prompt and first user message).
+    system_prompt = gateway_pb2.ChatMessage(role=common_pb2.ROLE_SYSTEM, parts=[text("be brief")])
     for opening in range(6):
-        system_prompt = gateway_pb2.ChatMessage(role=common_pb2.ROLE_SYSTEM, parts=[text("be brief")])
-        history = [system_prompt, user(text(f"question {opening}"))]
-        homes = set()
-        for turn in range(3):
-            before = counts(system)
-            answer = answer_of(await collect(system.stub.Generate(generate(*history))))
-            homes.update(served_by(system, before))
-            reply = gateway_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, parts=[text(answer)])
-            history += [reply, user(text(f"then {turn}?"))]
+        homes = await homes_of(system, [system_prompt, user(text(f"question {opening}"))], 3)
         assert len(homes) == 1, (opening, homes)
 
 
