@@ -24,6 +24,7 @@ from vlm.v1 import gateway_pb2, gateway_pb2_grpc
 
 from gateway.config import GatewayConfig
 from gateway.dependencies import DependencyMonitor, EvictingStateStore, Probe, StateRedisProbe
+from gateway.discovery import Resolve, system_resolve
 from gateway.downstream import Downstream
 from gateway.fetch import Dial, FetchPolicy, Lookup, UrlFetcher, system_lookup
 from gateway.inflight import InflightBytes
@@ -65,7 +66,7 @@ def fetch_policy(config: GatewayConfig) -> FetchPolicy:
 
 
 class GatewayApp(ServiceApp):
-    """The gateway's parts, built from one config; ``store``/``lookup``/``dial`` are test seams,
+    """The gateway's parts, built from one config; ``store``/``lookup``/``dial``/``resolve`` are test seams,
     ``metrics``/``tracing`` the service's (default: its registry, no tracing)."""
 
     def __init__(
@@ -74,6 +75,7 @@ class GatewayApp(ServiceApp):
         store: SessionStore | None = None,
         lookup: Lookup = system_lookup,
         dial: Dial | None = None,
+        resolve: Resolve = system_resolve,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
     ):
@@ -87,7 +89,11 @@ class GatewayApp(ServiceApp):
             config.downstream_token(),
             Path(config.downstream_tls_ca).read_bytes() if config.downstream_tls_ca else None,
             config.max_images_per_encode,
+            resolve,
+            config.llm_resolve_seconds,
+            drain_seconds=config.max_request_seconds or 600.0,
         )
+        self.metrics.watch("llm_replicas", lambda: len(self.downstream.language.nodes))
         self.fetcher = UrlFetcher(fetch_policy(config), lookup, dial)
         limits = MediaLimits(config.max_images_per_request, config.max_image_bytes, config.max_request_bytes)
         self.pipeline = Pipeline(
@@ -141,6 +147,7 @@ class GatewayApp(ServiceApp):
                 raise StartupError(str(exc)) from None
         if self.http is not None:
             await self.http.start()
+        await self.downstream.start()
         await self._wait_for_downstream()
         await self.monitor.check_once()
         self.monitor.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.discovery import DnsName
 from tandem.serving.api_keys import ApiKeys, load_api_keys
 from tandem.serving.config import (
     MIB,
@@ -32,8 +33,16 @@ class GatewayConfig(ServiceConfig):
         metadata=opt(
             "language service replicas, comma-separated host:port; a session's turns stick to one "
             "replica by rendezvous hashing of its id, other calls go by a hash of their prompt's "
-            "opening (same image or same conversation -> same replica's prefix cache), bounded by load",
+            "opening (same image or same conversation -> same replica's prefix cache), bounded by load. "
+            "dns:///NAME:PORT (e.g. a Kubernetes headless Service) is resolved by the gateway: one "
+            "replica per address, re-resolved every --llm-resolve-seconds",
             env="TANDEM_LLM_ADDRESSES",
+        ),
+    )
+    llm_resolve_seconds: float = field(
+        default=10.0,
+        metadata=opt(
+            "how often the gateway re-resolves dns:///NAME:PORT language addresses (pods added or gone)"
         ),
     )
     vision_addresses: tuple[str, ...] = field(
@@ -201,6 +210,8 @@ class GatewayConfig(ServiceConfig):
         super().__post_init__()
         if not self.llm_addresses:
             raise ValueError("--llm-addresses needs at least one host:port")
+        for address in self.llm_addresses:
+            DnsName.parse(address)  # a malformed dns:/// address fails here
         at_least(
             self,
             1,
@@ -219,9 +230,10 @@ class GatewayConfig(ServiceConfig):
                 f"need {self.max_image_bytes=} <= {self.max_request_bytes=} < {self.max_message_bytes=} "
                 "(image bytes must fit in one message to the vision service)"
             )
-        if min(self.http_read_timeout_seconds, self.health_check_seconds) <= 0:
+        if min(self.http_read_timeout_seconds, self.health_check_seconds, self.llm_resolve_seconds) <= 0:
             raise ValueError(
-                f"{self.http_read_timeout_seconds=} and {self.health_check_seconds=} must be > 0"
+                f"{self.http_read_timeout_seconds=}, {self.health_check_seconds=} and "
+                f"{self.llm_resolve_seconds=} must be > 0"
             )
         if self.max_inflight_bytes < self.max_message_bytes:
             raise ValueError(

@@ -23,6 +23,7 @@ from vlm.v1 import llm_pb2, llm_pb2_grpc, vision_pb2, vision_pb2_grpc
 
 from gateway import convert
 from gateway.deadline import Deadline
+from gateway.discovery import ReplicaDiscovery, Resolve, system_resolve
 from gateway.messages import Chunk, ImageInput, ImageRef, Message, ModelInfo, Sampling
 from gateway.routing import Router, prefix_key
 from tandem.errors import (
@@ -67,7 +68,11 @@ def map_rpc_error(err: aio.AioRpcError, service: str) -> TandemError:
 
 
 class Downstream:
-    """Channels to the vision and language replicas (created on first use, closed by ``close``)."""
+    """Channels to the vision and language replicas (created on first use, closed by ``close``).
+
+    Language addresses written ``dns:///NAME:PORT`` are resolved by ``discovery`` (one replica per
+    address found, re-resolved every ``resolve_seconds`` once ``start`` ran; discovery.py).
+    """
 
     def __init__(
         self,
@@ -77,9 +82,15 @@ class Downstream:
         auth_token: str | None = None,
         tls_ca: bytes | None = None,
         max_images_per_encode: int = 32,
+        resolve: Resolve = system_resolve,
+        resolve_seconds: float = 10.0,
+        drain_seconds: float = 60.0,
     ):
         self.vision = Router(vision_addresses) if vision_addresses else None
-        self.language = Router(llm_addresses)
+        self.discovery = ReplicaDiscovery(llm_addresses, resolve, resolve_seconds, self._language_changed)
+        self.language = Router(self.discovery.nodes())
+        self.drain_seconds = drain_seconds
+        self._draining: dict[asyncio.Future[None], aio.Channel] = {}  # channels of gone replicas
         self.max_images_per_encode = max_images_per_encode
         # round_robin: a headless Service name (dns:///vision:50053) resolves to every pod and
         # calls are balanced per call instead of pinned to the first address (pick_first).
@@ -106,13 +117,38 @@ class Downstream:
     def _channel(self, address: str) -> aio.Channel:
         if address not in self._channels:
             if self._credentials is not None:
-                channel = aio.secure_channel(address, self._credentials, options=self._options)
+                options = list(self._options)
+                if (name := self.discovery.authority(address)) is not None:  # a pod's IP: verify the name
+                    options.append(("grpc.ssl_target_name_override", name))
+                channel = aio.secure_channel(address, self._credentials, options=options)
             else:
                 channel = aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
         return self._channels[address]
 
+    async def start(self) -> None:
+        """Resolve the ``dns:///`` language addresses now, then keep them current."""
+        await self.discovery.refresh()
+        self.discovery.start()
+
+    def _language_changed(self, nodes: list[str]) -> None:
+        """Route over ``nodes``; a gone replica's channel closes once its calls end (or after
+        ``drain_seconds``)."""
+        gone = set(self.language.nodes) - set(nodes)
+        self.language.update(nodes)
+        for address in gone:
+            channel = self._channels.pop(address, None)
+            self._language_stubs.pop(address, None)
+            if channel is not None:
+                task = asyncio.ensure_future(channel.close(self.drain_seconds))
+                self._draining[task] = channel
+                task.add_done_callback(lambda done: self._draining.pop(done, None))
+
     async def close(self) -> None:
+        await self.discovery.stop()
+        for task, channel in list(self._draining.items()):
+            task.cancel()
+            await channel.close(None)
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()

@@ -64,14 +64,20 @@ def prefix_key(messages: Sequence[Message], tenant: str = "") -> str:
 
 
 class Router:
-    """Preference orders over a fixed list of replica addresses, and their calls in flight."""
+    """Preference orders over a list of replica addresses, and their calls in flight."""
 
     def __init__(self, nodes: Sequence[str]):
+        self.nodes: list[str] = []
+        self.update(nodes)
+        self._counter = itertools.count()
+        self._load: Counter[str] = Counter()
+
+    def update(self, nodes: Sequence[str]) -> None:
+        """Route over ``nodes`` from now on (replicas found or gone); calls in flight keep counting
+        until they end. Rendezvous orders move only the keys of the nodes added or removed."""
         if not nodes:
             raise ValueError("a router needs at least one address")
         self.nodes = list(dict.fromkeys(nodes))
-        self._counter = itertools.count()
-        self._load: Counter[str] = Counter()
 
     def for_key(self, key: str) -> list[str]:
         """Affinity order for ``key`` (a session id), whatever the load."""

@@ -141,6 +141,11 @@ CATALOG: tuple[MetricSpec, ...] = (
         "nothing for raw bytes (an image sent by id is not counted).",
         STAGE_BUCKETS,
     ),
+    _gauge(
+        "llm_replicas",
+        "gateway",
+        "Language replicas the gateway routes over (each address a dns:/// name resolved to counts).",
+    ),
     # -- gateway: sessions
     _counter("sessions_created", "sessions", "Sessions created."),
     _counter("sessions_deleted", "sessions", "Sessions deleted by a client."),

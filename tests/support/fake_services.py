@@ -121,10 +121,14 @@ class FakeLanguage(llm_pb2_grpc.LanguageServiceServicer):
 
 
 async def serve_fake(
-    servicer: Any, add: Callable[[Any, aio.Server], None], port: int = 0, token: str | None = None
+    servicer: Any,
+    add: Callable[[Any, aio.Server], None],
+    port: int = 0,
+    token: str | None = None,
+    host: str = "127.0.0.1",
 ) -> GrpcServer:
     """``servicer`` on a real server (port 0: any free port), already SERVING."""
-    options = ServerConfig(port=port, grace_seconds=0, auth_token=token)
+    options = ServerConfig(host=host, port=port, grace_seconds=0, auth_token=token)
     server = GrpcServer(options, [lambda s: add(servicer, s)], ["fake"])
     await server.start()
     await server.set_serving()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -29,6 +30,21 @@ PNG_B = b"\x89PNG\r\n\x1a\nimage-b"
 
 
 @dataclass
+class FakeResolver:
+    """DNS for the gateway's ``dns:///`` addresses: ``answers[host]`` is what ``host`` resolves
+    to; a host without an answer fails as an unknown name does."""
+
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    calls: int = 0
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls += 1
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} is not known")
+        return list(self.answers[host])
+
+
+@dataclass
 class System:
     """The gateway, its fakes (``servers[0]`` is the vision one) and a stub of the gateway."""
 
@@ -38,6 +54,7 @@ class System:
     stub: gateway_pb2_grpc.GatewayServiceStub
     channel: aio.Channel
     servers: list[GrpcServer]
+    resolver: FakeResolver
 
     @property
     def llm(self) -> FakeLanguage:
@@ -53,34 +70,45 @@ async def start_fake_system(
     replicas: int = 1,
     is_vlm: bool = True,
     token: str | None = None,
+    dns_name: str = "",
     **cfg: Any,
 ) -> System:
-    """Fakes + gateway; ``token`` guards the fakes, ``cfg`` goes to ``GatewayConfig``."""
+    """Fakes + gateway; ``token`` guards the fakes, ``cfg`` goes to ``GatewayConfig``.
 
-    async def fake(servicer: Any, add: Callable[[Any, aio.Server], None]) -> GrpcServer:
-        server = await serve_fake(servicer, add, token=token)
+    With ``dns_name`` the language replicas share one port, replica ``i`` listening on
+    127.0.0.{i + 1}, and the gateway gets ``dns:///{dns_name}:{port}``, resolved by the
+    system's ``resolver``, which answers every replica's address until a test changes it."""
+
+    async def fake(servicer: Any, add: Callable[[Any, aio.Server], None], **where: Any) -> GrpcServer:
+        server = await serve_fake(servicer, add, token=token, **where)
         exits.push_async_callback(server.drain)
         return server
 
     vision = FakeVision()
     llms = [FakeLanguage(name=f"llm{i}", is_vlm=is_vlm) for i in range(replicas)]
     servers = [await fake(vision, vision_pb2_grpc.add_VisionServiceServicer_to_server)]
-    for llm in llms:
-        servers.append(await fake(llm, llm_pb2_grpc.add_LanguageServiceServicer_to_server))
+    for i, llm in enumerate(llms):
+        where = {"host": f"127.0.0.{i + 1}", "port": servers[1].port if i else 0} if dns_name else {}
+        servers.append(await fake(llm, llm_pb2_grpc.add_LanguageServiceServicer_to_server, **where))
+    llm_addresses = tuple(f"127.0.0.1:{s.port}" for s in servers[1:])
+    if dns_name:
+        llm_addresses = (f"dns:///{dns_name}:{servers[1].port}",)
     config = GatewayConfig(
         vision_addresses=(f"127.0.0.1:{servers[0].port}",) if is_vlm else (),
-        llm_addresses=tuple(f"127.0.0.1:{s.port}" for s in servers[1:]),
+        llm_addresses=llm_addresses,
         redis_url=redis_url,
         cache_prefix=f"t{uuid.uuid4().hex[:8]}",
         port=0,
         grace_seconds=0,
         **cfg,
     )
-    app = GatewayApp(config)
+    resolver = FakeResolver({dns_name: [f"127.0.0.{i + 1}" for i in range(replicas)]} if dns_name else {})
+    app = GatewayApp(config, resolve=resolver)
     exits.push_async_callback(app.stop)
     port = await app.start()
     channel = await exits.enter_async_context(aio.insecure_channel(f"127.0.0.1:{port}"))
-    return System(vision, llms, app, gateway_pb2_grpc.GatewayServiceStub(channel), channel, servers)
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    return System(vision, llms, app, stub, channel, servers, resolver)
 
 
 def user(*parts: gateway_pb2.Part) -> gateway_pb2.ChatMessage:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from packaging.requirements import Requirement
 
+from gateway.discovery import DnsName
 from tandem.cli.up import CONFIGS, config_class
 from tandem.serving.options import parse_config
 from tandem.serving.readiness import LIVENESS
@@ -122,7 +123,10 @@ def test_gateway_points_at_the_worker_services(overlay: str) -> None:
     for component, addresses in (("llm", config.llm_addresses), ("vision", config.vision_addresses)):
         assert addresses
         for address in addresses:
-            host, port = address.rsplit(":", 1)
+            name = DnsName.parse(address)
+            host, port = (name.host, str(name.port)) if name else address.rsplit(":", 1)
+            if name is not None:  # the gateway resolves it to the pods: only a headless Service gives them
+                assert manifests.find("Service", host)["spec"].get("clusterIP") == "None"
             workload = manifests.service_workload(host)
             assert workload["metadata"]["name"] == f"tandem-{component}"
             _, worker = _parsed(manifests, component)
