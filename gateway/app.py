@@ -66,8 +66,8 @@ def fetch_policy(config: GatewayConfig) -> FetchPolicy:
 
 
 class GatewayApp(ServiceApp):
-    """The gateway's parts, built from one config; ``store``/``lookup``/``dial``/``resolve`` are test seams,
-    ``metrics``/``tracing`` the service's (default: its registry, no tracing)."""
+    """The gateway's parts, built from one config; ``store``/``lookup``/``dial``/``resolve`` are
+    test seams, ``metrics``/``tracing`` the service's (default: its registry, no tracing)."""
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 SCHEME = "dns:///"
+RESOLVE_TIMEOUT_SECONDS = 5.0  # a resolver that hangs counts as failed (the last answer stands)
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 """(host, port) -> the IP addresses the host resolves to; raises OSError when it cannot."""
@@ -106,8 +107,8 @@ class ReplicaDiscovery:
         before = self.nodes()
         for address, name in self.names.items():
             try:
-                ips = await self.resolve(name.host, name.port)
-            except (OSError, UnicodeError) as exc:
+                ips = await asyncio.wait_for(self.resolve(name.host, name.port), RESOLVE_TIMEOUT_SECONDS)
+            except (OSError, UnicodeError) as exc:  # TimeoutError is an OSError
                 log.warning("resolving %s failed (%s); keeping its last addresses", address, exc)
                 continue
             found = sorted({node_address(ip, name.port) for ip in ips})

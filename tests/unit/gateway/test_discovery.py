@@ -78,6 +78,18 @@ async def test_a_failed_or_empty_answer_keeps_the_last_good_one() -> None:
     assert discovery.authority("10.0.0.1:7") is None  # gone
 
 
+async def test_a_resolver_that_hangs_counts_as_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.discovery.RESOLVE_TIMEOUT_SECONDS", 0.05)
+
+    async def hang(host: str, port: int) -> list[str]:
+        await asyncio.sleep(60)
+        return []
+
+    discovery = ReplicaDiscovery(["dns:///llm:7", "static:1"], hang)
+    assert not await asyncio.wait_for(discovery.refresh(), 5)
+    assert discovery.nodes() == ["dns:///llm:7", "static:1"]
+
+
 async def test_a_name_that_never_resolved_stays_the_node() -> None:
     discovery = ReplicaDiscovery(["dns:///nowhere:7"], FakeResolver())
     assert not await discovery.refresh()
