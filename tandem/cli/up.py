@@ -157,6 +157,15 @@ def _add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
         help="how long running requests may finish after Ctrl-C or SIGTERM (default: %(default)s)",
     )
     parser.add_argument(
+        "--gateway-nice",
+        type=int,
+        default=10,
+        choices=range(20),
+        metavar="0-19",
+        help="CPU niceness of the gateway: on one machine it yields the cores to the model's threads "
+        "(0: same priority as the workers; default: %(default)s)",
+    )
+    parser.add_argument(
         "--stop-timeout",
         type=float,
         help="seconds each service may take to exit after SIGTERM before it is killed "
@@ -280,6 +289,7 @@ def gateway_spec(
         "log_level": args.log_level,
         "log_format": args.log_format,
         "grace_seconds": args.grace_seconds,
+        "nice": args.gateway_nice,
         "llm_addresses": [f"127.0.0.1:{ports['llm']}"],
         "vision_addresses": [f"127.0.0.1:{ports['vision']}"] if "vision" in ports else None,
     }

@@ -39,6 +39,7 @@ from tandem.serving.config import ServerConfig
 from tandem.serving.interceptor import ErrorInterceptor
 from tandem.serving.metrics_endpoint import MetricsEndpoint
 from tandem.serving.parent import follow_parent
+from tandem.serving.priority import run_at_nice
 from tandem.serving.readiness import Readiness
 from tandem.serving.request_interceptor import RequestInterceptor
 from tandem.serving.tracing import Tracing
@@ -150,6 +151,7 @@ async def run_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     follow_parent()
+    run_at_nice(server.config.nice)
     await server.start()
     warm = asyncio.ensure_future(warmup())
     stopped = asyncio.ensure_future(stop.wait())

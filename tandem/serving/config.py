@@ -118,6 +118,15 @@ class ServerConfig:
             group=SERVER,
         ),
     )
+    nice: int = field(
+        default=0,
+        metadata=opt(
+            "run this process at least this nice (0-19, lower CPU priority): on a machine it shares "
+            "with a model, the gateway yields the cores to the model's threads (tandem up runs it at 10)",
+            env="TANDEM_NICE",
+            group=SERVER,
+        ),
+    )
 
     def worker_keys(self) -> ApiKeys:
         """The one key a worker (vision, language) requires: the internal token, or, where none
@@ -133,6 +142,8 @@ class ServerConfig:
             raise ValueError(f"{self.max_message_bytes=} must be >= 4 MiB")
         if self.grace_seconds < 0:
             raise ValueError(f"{self.grace_seconds=} must be >= 0")
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"{self.nice=} must be in 0..19")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
 
