@@ -122,7 +122,7 @@ class ServerConfig:
         default=0,
         metadata=opt(
             "run this process at least this nice (0-19, lower CPU priority): on a machine it shares "
-            "with a model, the gateway yields the cores to the model's threads (tandem up runs it at 10)",
+            "with a model, a gateway at 10 yields the cores to the model's threads",
             env="TANDEM_NICE",
             group=SERVER,
         ),

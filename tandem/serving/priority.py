@@ -4,8 +4,10 @@
 step runs on every core (one OpenMP thread each) and waits at each parallel region for its
 slowest thread, so a gateway thread that wakes for a token and takes a core for a millisecond
 delays the whole step, once per token. At a higher niceness the gateway runs in the gaps the
-model leaves (its serial parts) instead: measured on a 2-core machine, one stream's decode step
-5 % shorter (see bench/README.md). Where each service has its own cores (Kubernetes), leave it 0.
+model leaves (its serial parts) instead. Measured on a 2-core machine (bench/README.md): one
+stream 3 % more tokens/s with the gateway at 10, but under load it is the gateway that waits (4
+streams: TTFT p50 +31 %; 16 streams: 8 % fewer tokens/s), so ``tandem up`` leaves it at 0 unless
+asked (``--gateway-nice``). Where each service has its own cores (Kubernetes), leave it 0.
 
 Linux keeps a niceness per thread and a new thread inherits its creator's: ``run_at_nice`` sets
 every thread that exists now, and those started later (gRPC's, the event loop's executor) follow.

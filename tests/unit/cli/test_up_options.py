@@ -82,16 +82,17 @@ def test_grace_period_goes_to_every_service(tmp_path: Path) -> None:
         assert worker_config(spec, name).grace_seconds == 1.5  # type: ignore[attr-defined]
 
 
-def test_the_gateway_runs_below_the_workers_priority(tmp_path: Path) -> None:
+def test_the_gateway_can_run_below_the_workers_priority(tmp_path: Path) -> None:
     ports = {"llm": 1, "vision": 2}
-    specs = up_command.service_specs(up_args(), fake_checkpoint(tmp_path), True, REDIS, tmp_path)
-    specs["gateway"] = up_command.gateway_spec(up_args(), "/m", REDIS, ports, tmp_path)
+    args = up_args("--gateway-nice", "10")
+    specs = up_command.service_specs(args, fake_checkpoint(tmp_path), True, REDIS, tmp_path)
+    specs["gateway"] = up_command.gateway_spec(args, "/m", REDIS, ports, tmp_path)
     assert {name: worker_config(spec, name).nice for name, spec in specs.items()} == {  # type: ignore[attr-defined]
         "llm": 0,
         "vision": 0,
         "gateway": 10,
     }
-    same = up_command.gateway_spec(up_args("--gateway-nice", "0"), "/m", REDIS, ports, tmp_path)
+    same = up_command.gateway_spec(up_args(), "/m", REDIS, ports, tmp_path)
     assert worker_config(same, "gateway").nice == 0  # type: ignore[attr-defined]
     with pytest.raises(SystemExit):
         up_args("--gateway-nice", "20")
