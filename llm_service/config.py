@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llm_service.lean_decode import PATHS as DECODE_PATHS
 from llm_service.vllm_engine.options import parse_engine_args
 from tandem.models.packed_linear import KERNELS
 from tandem.serving.config import ServiceConfig, listen_host, listen_port
@@ -65,6 +66,16 @@ class LlmConfig(ServiceConfig):
             "backend does; ~2x faster decode at 4 streams) or torch (plain nn.Linear)",
             env="TANDEM_CPU_KERNELS",
             choices=KERNELS,
+        ),
+    )
+    decode_path: str = field(
+        default="lean",
+        metadata=opt(
+            "decode steps of Llama, Mistral and Qwen2 decoders on a CPU: lean (their layers run in "
+            "one plain loop, ~10 %% faster at small batches, same arithmetic) or hf (the transformers "
+            "forward, as every other model and prefill)",
+            env="TANDEM_DECODE_PATH",
+            choices=DECODE_PATHS,
         ),
     )
     max_batch_size: int = field(

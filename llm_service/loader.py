@@ -105,7 +105,12 @@ def _has_head_bias(path: Path, prefixes: dict[str, str]) -> bool:
 
 
 def build_language_model(
-    path: Path, adapter: Adapter, device: torch.device, dtype: torch.dtype, kernels: str = "onednn"
+    path: Path,
+    adapter: Adapter,
+    device: torch.device,
+    dtype: torch.dtype,
+    kernels: str = "onednn",
+    decode_path: str = "lean",
 ) -> HFLanguageModel:
     """The decoder and LM head of ``path``, filled with only their own tensors; on a CPU their
     linear layers' weights prepacked for oneDNN unless ``kernels`` is "torch" (packed_linear.py)."""
@@ -128,7 +133,10 @@ def build_language_model(
     packed = prepack_linears(module, kernels)
     if packed:
         log.info("%d linear layers prepacked for oneDNN (--cpu-kernels onednn)", packed)
-    return HFLanguageModel(module, text_config, adapter.position_dims)
+    model = HFLanguageModel(module, text_config, adapter.position_dims, decode_path)
+    if model.lean is None:
+        log.info("decode steps run the transformers forward: %s", model.lean_unsupported)
+    return model
 
 
 def eos_token_ids(path: Path, text_config: Any, tokenizer: Any) -> tuple[int, ...]:
@@ -156,7 +164,7 @@ def load(config: LlmConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, hf_config, device)
     before = rss_mib()
-    model = build_language_model(path, adapter, device, dtype, config.cpu_kernels)
+    model = build_language_model(path, adapter, device, dtype, config.cpu_kernels, config.decode_path)
     millions, grown = model.parameter_count() / 1e6, rss_mib() - before
     log.info(
         "loaded the language half of %s (%s): %.1fM parameters, %s on %s, RSS +%.0f MiB",

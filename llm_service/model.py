@@ -16,6 +16,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from llm_service.lean_decode import LeanDecoder, unsupported
 from llm_service.masks import block_masks
 from tandem.models.packed_linear import packed_parameter_count
 
@@ -61,7 +62,7 @@ class HFLanguageModel:
     only image rows are touched.
     """
 
-    def __init__(self, module: CausalLM, text_config: Any, position_dims: int):
+    def __init__(self, module: CausalLM, text_config: Any, position_dims: int, decode_path: str = "lean"):
         self.module = module
         self.text_config = text_config
         self.position_dims = position_dims
@@ -74,6 +75,14 @@ class HFLanguageModel:
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self._softcap = float(getattr(text_config, "final_logit_softcapping", None) or 0.0)
         self.takes_layer_inputs = "deepstack_visual_embeds" in parameters and "visual_pos_masks" in parameters
+        # Decode steps skip transformers' per-call machinery where lean_decode.py restates the layers.
+        self.lean: LeanDecoder | None = None
+        why = (
+            "M-RoPE positions" if position_dims != 1 else unsupported(module.model, text_config, self.device)
+        )
+        if decode_path == "lean" and why is None:
+            self.lean = LeanDecoder(module.model, text_config)
+        self.lean_unsupported = why if decode_path == "lean" else "--decode-path hf"
 
     @torch.no_grad()
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -92,6 +101,9 @@ class HFLanguageModel:
         inputs_embeds, position_ids = inputs_embeds.to(self.device, self.dtype), position_ids.to(self.device)
         mask: Any = attention_mask.to(self.device)
         inputs_embeds, extra = self._layer_inputs(inputs_embeds)
+        lean = self.lean
+        if lean and blocks is None and not extra and lean.step_supported(inputs_embeds, mask, cache):
+            return self._logits(lean(inputs_embeds, position_ids, mask, cache)), cache
         if blocks is not None:
             mask = block_masks(
                 self.text_config, inputs_embeds, position_ids, mask, cache, blocks.to(self.device)
@@ -104,10 +116,14 @@ class HFLanguageModel:
             **{self._cache_kwarg: cache},
             **extra,
         )
-        logits = self.module.lm_head(out.last_hidden_state[:, -1, :])
+        return self._logits(out.last_hidden_state), cache
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of the last position of ``hidden`` [B, L, H]."""
+        logits = self.module.lm_head(hidden[:, -1, :])
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits.float(), cache
+        return logits.float()
 
     def _layer_inputs(self, packed: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The embeddings [B, L, H] and the decoder arguments of the per-layer additions packed
