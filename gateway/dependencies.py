@@ -17,13 +17,13 @@ operator answers for its policy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from gateway.background import cancel_and_wait
 from tandem.serving.readiness import Readiness
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,5 @@ class DependencyMonitor:
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

@@ -17,11 +17,12 @@ Channels to resolved addresses verify TLS against ``NAME`` (``authority``), not 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
+from gateway.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,8 @@ class ReplicaDiscovery:
             self._task = asyncio.create_task(self._run(), name="replica-discovery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:
