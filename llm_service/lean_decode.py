@@ -8,11 +8,12 @@ compute it (rotary application; sdpa called as transformers calls it for one que
 with the step's mask built once: the logits are bit for bit the transformers forward's.
 
 It covers the decoder layers whose forward it restates (``LAYERS``: Llama, Mistral, Qwen2, the
-language half of LLaVA, LLaVA-NeXT/OneVision, SmolVLM/Idefics3 and InternVL checkpoints), on a
-CPU, with sdpa attention, and decode steps only: every row one new position, no sliding window
-in reach. Anything else (prefill, other families, a step a window could cut) runs the
-transformers forward. Measured on this project's 2-core machine (SmolLM2-135M-shaped Llama, 230
-cached positions, steps of the two paths interleaved): 0.90-0.95x the step time at 1 and 4 rows.
+language half of LLaVA, LLaVA-NeXT/OneVision, SmolVLM/Idefics3 and InternVL checkpoints, and
+Qwen2-VL's and Qwen2.5-VL's text decoders), on a CPU, with sdpa attention, and decode steps
+only: every row one new position, no sliding window in reach. Anything else (prefill, other
+families, a step a window could cut) runs the transformers forward. Measured on this project's
+2-core machine (SmolLM2-135M-shaped Llama, 230 cached positions, steps of the two paths
+interleaved): 0.90-0.95x the step time at 1 and 4 rows.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ LAYERS = {
         "MistralMLP",
     ),
     "transformers.models.qwen2.modeling_qwen2": ("Qwen2DecoderLayer", "Qwen2Attention", "Qwen2MLP"),
+    # Qwen2-VL's and Qwen2.5-VL's text decoders: Qwen2's layers; their rotary embedding turns the
+    # M-RoPE position rows into one cos/sin, which both paths ask it for.
+    "transformers.models.qwen2_vl.modeling_qwen2_vl": ("Qwen2VLDecoderLayer", "Qwen2VLAttention", "Qwen2MLP"),
+    "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": (
+        "Qwen2_5_VLDecoderLayer",
+        "Qwen2_5_VLAttention",
+        "Qwen2MLP",
+    ),
 }
 PATHS = ("lean", "hf")
 
@@ -65,11 +74,20 @@ class LeanDecoder:
         windows = [_window(layer.self_attn, config) for layer in self.layers]
         self.window = min((w for w in windows if w is not None), default=None)
 
-    def step_supported(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, cache: Any) -> bool:
-        """A decode step over a cache the mask covers, which no sliding window could cut."""
+    def step_supported(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any,
+    ) -> bool:
+        """A decode step over a cache the mask covers, which no sliding window could cut, with
+        positions [B, 1] or M-RoPE's [3, B, 1] (not the packed [4, B, 1] the Qwen2-VL decoder
+        splits first)."""
         width = attention_mask.shape[-1]
         return (
             inputs_embeds.shape[1] == 1
+            and (position_ids.dim() == 2 or (position_ids.dim() == 3 and position_ids.shape[0] == 3))
             and attention_mask.dim() == 2
             and (self.window is None or width <= self.window)
             and cache is not None

@@ -77,9 +77,7 @@ class HFLanguageModel:
         self.takes_layer_inputs = "deepstack_visual_embeds" in parameters and "visual_pos_masks" in parameters
         # Decode steps skip transformers' per-call machinery where lean_decode.py restates the layers.
         self.lean: LeanDecoder | None = None
-        why = (
-            "M-RoPE positions" if position_dims != 1 else unsupported(module.model, text_config, self.device)
-        )
+        why = unsupported(module.model, text_config, self.device)
         if decode_path == "lean" and why is None:
             self.lean = LeanDecoder(module.model, text_config)
         self.lean_unsupported = why if decode_path == "lean" else "--decode-path hf"
@@ -102,7 +100,8 @@ class HFLanguageModel:
         mask: Any = attention_mask.to(self.device)
         inputs_embeds, extra = self._layer_inputs(inputs_embeds)
         lean = self.lean
-        if lean and blocks is None and not extra and lean.step_supported(inputs_embeds, mask, cache):
+        plain = blocks is None and not extra
+        if lean is not None and plain and lean.step_supported(inputs_embeds, position_ids, mask, cache):
             return self._logits(lean(inputs_embeds, position_ids, mask, cache)), cache
         if blocks is not None:
             mask = block_masks(

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModel, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (
+    AutoModel,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2_5_VLTextConfig,
+    Qwen2Config,
+    Qwen2VLTextConfig,
+    Qwen3Config,
+)
 
 from llm_service.engine.batch import DecodeBatch
 from llm_service.lean_decode import unsupported
@@ -31,7 +39,17 @@ def _configs() -> dict[str, Any]:
         "llama-mha-bias": LlamaConfig(**SHAPE, num_key_value_heads=4, attention_bias=True, mlp_bias=True),
         "qwen2": Qwen2Config(**SHAPE, num_key_value_heads=1),  # q/k/v biases
         "mistral-window": MistralConfig(**SHAPE, num_key_value_heads=2, sliding_window=24),
+        # M-RoPE: head_dim 16, sections over its 8 frequencies
+        "qwen2-vl": Qwen2VLTextConfig(**SHAPE, num_key_value_heads=2, rope_parameters=MROPE),
+        "qwen2.5-vl": Qwen2_5_VLTextConfig(**SHAPE, num_key_value_heads=2, rope_parameters=MROPE),
     }
+
+
+MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+
+
+def _dims(config: Any) -> int:
+    return 3 if "rope_parameters" in config.to_dict() and "mrope_section" in config.rope_parameters else 1
 
 
 def _models(config: Any, packed: bool) -> tuple[HFLanguageModel, HFLanguageModel]:
@@ -41,7 +59,8 @@ def _models(config: Any, packed: bool) -> tuple[HFLanguageModel, HFLanguageModel
     module = CausalLM(decoder, config.hidden_size, config.vocab_size).eval().requires_grad_(False)
     if packed:
         prepack_linears(module)
-    return HFLanguageModel(module, config, 1, "lean"), HFLanguageModel(module, config, 1, "hf")
+    dims = _dims(config)
+    return HFLanguageModel(module, config, dims, "lean"), HFLanguageModel(module, config, dims, "hf")
 
 
 def _decode(model: HFLanguageModel, lengths: list[int], steps: int, seed: int) -> list[torch.Tensor]:
@@ -61,6 +80,8 @@ def _decode(model: HFLanguageModel, lengths: list[int], steps: int, seed: int) -
     for step in range(steps):
         mask = batch.next_mask()
         positions = torch.tensor([[n + step] for n in lengths])
+        if model.position_dims == 3:  # M-RoPE rows as the engine sends them (here made to differ)
+            positions = torch.stack([positions, positions + 2, positions + 5])
         embeds = model.embed(torch.tensor(last))[:, None, :]
         logits, cache = model.forward(embeds, positions, mask, batch.cache)
         batch.advance(cache, mask)
@@ -87,11 +108,19 @@ def test_lean_steps_equal_the_transformers_forward_bit_for_bit(name: str, packed
 def test_a_step_a_sliding_window_could_cut_takes_the_transformers_forward() -> None:
     lean, _ = _models(_configs()["mistral-window"], packed=False)
     assert lean.lean is not None and lean.lean.window == 24
-    embeds, cache = torch.zeros(1, 1, 64), _Cached(23)
-    assert lean.lean.step_supported(embeds, torch.ones(1, 24, dtype=torch.long), cache)
-    assert not lean.lean.step_supported(embeds, torch.ones(1, 25, dtype=torch.long), _Cached(24))
-    assert not lean.lean.step_supported(torch.zeros(1, 2, 64), torch.ones(1, 25, dtype=torch.long), cache)
-    assert not lean.lean.step_supported(embeds, torch.ones(1, 30, dtype=torch.long), cache)  # mask != cache
+    embeds, cache, one = torch.zeros(1, 1, 64), _Cached(23), torch.zeros(1, 1, dtype=torch.long)
+    assert lean.lean.step_supported(embeds, one, torch.ones(1, 24, dtype=torch.long), cache)
+    assert not lean.lean.step_supported(embeds, one, torch.ones(1, 25, dtype=torch.long), _Cached(24))
+    prefill = torch.zeros(1, 2, 64)
+    assert not lean.lean.step_supported(prefill, one, torch.ones(1, 25, dtype=torch.long), cache)
+    assert not lean.lean.step_supported(
+        embeds, one, torch.ones(1, 30, dtype=torch.long), cache
+    )  # mask != cache
+    rows = torch.zeros(3, 1, 1, dtype=torch.long)  # M-RoPE positions pass; packed ones (4 rows) do not
+    assert lean.lean.step_supported(embeds, rows, torch.ones(1, 24, dtype=torch.long), cache)
+    assert not lean.lean.step_supported(
+        embeds, torch.zeros(4, 1, 1, dtype=torch.long), torch.ones(1, 24, dtype=torch.long), cache
+    )
 
 
 class _Cached:
@@ -115,5 +144,4 @@ def test_decoders_it_does_not_restate_keep_the_transformers_forward() -> None:
     assert unsupported(decoder, llama, torch.device("cpu")) is None
     assert unsupported(decoder, llama, torch.device("cuda")) == "the model runs on cuda"
     module = CausalLM(decoder, 64, 300)
-    assert HFLanguageModel(module, llama, 3, "lean").lean is None  # M-RoPE positions
     assert HFLanguageModel(module, llama, 1, "hf").lean_unsupported == "--decode-path hf"
