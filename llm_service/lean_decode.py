@@ -4,8 +4,10 @@ A batch-1 decode step of a small model on a CPU is partly Python: besides its ma
 goes through decorators, keyword plumbing, output capturing, the attention-interface lookup, and
 the mask is built again for every step. ``LeanDecoder`` runs the layers' own modules (norms,
 projections, rotary embedding, cache) in one plain loop and restates the rest as those layers
-compute it (rotary application; sdpa called as transformers calls it for one query position),
-with the step's mask built once: the logits are bit for bit the transformers forward's.
+compute it (rotary application; sdpa called as transformers calls it for one query position;
+releases without ``pack_gqa`` have their own sdpa function called), with the step's mask built
+once: the logits are bit for bit the transformers forward's (tests/unit/llm_service/
+test_lean_decode.py, under transformers 5.24 and 5.19).
 
 It covers the decoder layers whose forward it restates (``LAYERS``: Llama, Mistral, Qwen2, the
 language half of LLaVA, LLaVA-NeXT/OneVision, SmolVLM/Idefics3 and InternVL checkpoints, and
@@ -23,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations import sdpa_attention
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 # (decoder layer, its attention, its MLP) class names, by transformers module.
 LAYERS = {
@@ -71,6 +75,10 @@ class LeanDecoder:
     def __init__(self, decoder: nn.Module, config: Any) -> None:
         self.decoder = decoder
         self.layers = list(decoder.layers)  # type: ignore[arg-type]
+        # ``_attention`` restates the sdpa function of transformers releases that pack grouped
+        # heads for one query position (``pack_gqa``); older ones get their own function called.
+        self.restated = hasattr(sdpa_attention, "pack_gqa")
+        self.sdpa: Any = ALL_ATTENTION_FUNCTIONS["sdpa"]
         windows = [_window(layer.self_attn, config) for layer in self.layers]
         self.window = min((w for w in windows if w is not None), default=None)
 
@@ -118,7 +126,11 @@ class LeanDecoder:
             key = _rotated(attn.k_proj(hidden).view(shape).transpose(1, 2), cos, sin)
             value = attn.v_proj(hidden).view(shape).transpose(1, 2)
             key, value = cache.update(key, value, index)
-            out = _attention(query, key, value, mask, attn.scaling, attn.num_key_value_groups)
+            if self.restated:
+                out = _attention(query, key, value, mask, attn.scaling, attn.num_key_value_groups)
+            else:
+                out = self.sdpa(attn, query, key, value, mask, dropout=0.0, scaling=attn.scaling)[0]
+                out = out.reshape(batch, 1, -1).contiguous()
             hidden = residual + attn.o_proj(out)
             residual = hidden
             hidden = layer.post_attention_layernorm(hidden)
