@@ -79,7 +79,9 @@ class FusedProjection:
     cross-attention's keys, a module that calls them in another order or twice) computes the
     whole projection again for it, so the answer is always right, only the saving is lost. A part
     is forgotten once it is handed out, and the input when every part has been, so no activation
-    outlives the layer. State is per thread (the vision service may encode from several).
+    outlives the layer. State is per thread (the vision service may encode from several). The
+    one thing it cannot see is an input changed in place between two siblings' calls; no
+    transformers module does that between its projections.
     """
 
     def __init__(self, linears: list[nn.Linear]) -> None:
