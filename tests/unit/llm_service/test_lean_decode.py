@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from llm_service.engine.batch import DecodeBatch
-from llm_service.lean_decode import unsupported
+from llm_service.lean_decode import LeanDecoder, unsupported
 from llm_service.model import CausalLM, HFLanguageModel
 from tandem.models.packed_linear import can_prepack, prepack_linears
 
@@ -94,7 +94,7 @@ def _decode(model: HFLanguageModel, lengths: list[int], steps: int, seed: int) -
 @pytest.mark.parametrize("packed", [False, True], ids=["nn-linear", "packed"])
 @pytest.mark.parametrize("name", list(_configs()))
 def test_lean_steps_equal_the_transformers_forward_bit_for_bit(
-    name: str, packed: bool, restated: bool
+    name: str, packed: bool, restated: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if packed and can_prepack(torch.device("cpu"), torch.float32) is not None:
         pytest.skip("no oneDNN linear ops in this torch")
@@ -103,12 +103,16 @@ def test_lean_steps_equal_the_transformers_forward_bit_for_bit(
     if restated and not lean.lean.restated:
         pytest.skip("this transformers has no pack_gqa: its own sdpa function is called")
     lean.lean.restated = restated
+    steps = []  # the steps the lean path ran: the comparison must not be HF against HF
+    run = LeanDecoder.__call__
+    monkeypatch.setattr(LeanDecoder, "__call__", lambda self, *a: steps.append(1) or run(self, *a))
     with torch.inference_mode():
         for lengths in ([9], [20, 13, 5]):  # one row; rows of different lengths (padding)
             expected = _decode(hf, lengths, 8, seed=len(lengths))
             got = _decode(lean, lengths, 8, seed=len(lengths))
             for step, (a, b) in enumerate(zip(got, expected, strict=True)):
                 assert torch.equal(a, b), f"{name}, rows {lengths}, step {step}"
+    assert len(steps) >= 8, f"the lean path ran {len(steps)} of 16 steps"
 
 
 def test_a_step_a_sliding_window_could_cut_takes_the_transformers_forward() -> None:
