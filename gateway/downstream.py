@@ -7,7 +7,9 @@ tokens its failure is the caller's failure. Downstream statuses become domain er
 INVALID_ARGUMENT, NOT_FOUND and RESOURCE_EXHAUSTED keep their (caller-facing) message,
 UNAVAILABLE and DEADLINE_EXCEEDED get our own message, anything else is a generic internal
 error (details go to the log only). A consumer that stops iterating a stream, or is
-cancelled, cancels the downstream call. Each call carries the request's id (``x-request-id``)
+cancelled, cancels the downstream call. A generation ends at its final message (the one with a
+finish reason): the replica's status is read in the background, so the gateway's own answer
+does not wait one more round trip for it. Each call carries the request's id (``x-request-id``)
 and, when tracing, a client span's ``traceparent``.
 """
 
@@ -91,6 +93,7 @@ class Downstream:
         self.language = Router(self.discovery.nodes())
         self.drain_seconds = drain_seconds
         self._draining: dict[asyncio.Future[None], aio.Channel] = {}  # channels of gone replicas
+        self._finishing: set[asyncio.Future[None]] = set()  # statuses of answered calls (generate)
         self.max_images_per_encode = max_images_per_encode
         # round_robin: a headless Service name (dns:///vision:50053) resolves to every pod and
         # calls are balanced per call instead of pinned to the first address (pick_first).
@@ -146,6 +149,9 @@ class Downstream:
 
     async def close(self) -> None:
         await self.discovery.stop()
+        for task in list(self._finishing):
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         for task, channel in list(self._draining.items()):
             task.cancel()
             await channel.close(None)
@@ -264,11 +270,15 @@ class Downstream:
                 call = stub.GenerateTokens(
                     request, timeout=deadline.remaining(), metadata=(*self._metadata, *metadata)
                 )
-                started = False
+                started = finished = False
                 try:
                     async for response in call:
                         started = True
-                        yield _chunk(response)
+                        chunk = _chunk(response)
+                        finished = chunk.is_final
+                        yield chunk
+                        if finished:
+                            break
                     return
                 except aio.AioRpcError as err:
                     if err.code() == grpc.StatusCode.UNAVAILABLE and not started:
@@ -276,8 +286,19 @@ class Downstream:
                         continue
                     raise map_rpc_error(err, "language") from None
                 finally:
-                    call.cancel()
+                    if finished:
+                        self._await_status(call, address)
+                    else:
+                        call.cancel()
         raise Unavailable("the language service is unavailable; retry later")
+
+    def _await_status(self, call: aio.UnaryStreamCall, address: str) -> None:
+        """The answer is complete (its final message arrived): the replica's status follows in a
+        moment, and the caller does not wait for it. A task reads it and logs one that is not OK;
+        cancelling the call instead would count a served answer as cancelled on the replica."""
+        task = asyncio.ensure_future(_status_after_answer(call, address))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def release_session(self, session_id: str, tenant: str, timeout: float) -> None:
         """Ask the session's replica (its rendezvous choice) to drop its KV; best effort, logged."""
@@ -293,6 +314,21 @@ class Downstream:
                 session_id,
                 err.code().name,
             )
+
+
+async def _status_after_answer(call: aio.UnaryStreamCall, address: str) -> None:
+    try:
+        code = await call.code()
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    if code != grpc.StatusCode.OK:
+        log.warning(
+            "language replica %s sent a whole answer, then ended the call with %s: %s",
+            address,
+            code.name,
+            await call.details(),
+        )
 
 
 def _peer(address: str) -> dict[str, str]:

@@ -79,6 +79,9 @@ class FakeLanguage(llm_pb2_grpc.LanguageServiceServicer):
     chunks: int = 3
     evicted: set[str] = field(default_factory=set)
     fail: tuple[grpc.StatusCode, str] | None = None
+    hold_after_answer: asyncio.Event | None = None  # the final message sent, end the call once set
+    fail_after_answer: tuple[grpc.StatusCode, str] | None = None
+    ended: list[str] = field(default_factory=list)  # how each generation's call ended
     requests: list[llm_pb2.GenerateTokensRequest] = field(default_factory=list)
     released: list[llm_pb2.ReleaseSessionRequest] = field(default_factory=list)
     timeouts: list[float | None] = field(default_factory=list)
@@ -103,8 +106,15 @@ class FakeLanguage(llm_pb2_grpc.LanguageServiceServicer):
                 prompt_tokens=10, image_tokens=4 * len(refs), completion_tokens=self.chunks
             )
             yield llm_pb2.GenerateTokensResponse(finish_reason=common_pb2.FINISH_REASON_STOP, usage=usage)
+            if self.hold_after_answer is not None:
+                await self.hold_after_answer.wait()
+            if self.fail_after_answer is not None:
+                self.ended.append(self.fail_after_answer[0].name)
+                await context.abort(*self.fail_after_answer)
+            self.ended.append("OK")
         except asyncio.CancelledError:
             self.cancelled += 1
+            self.ended.append("CANCELLED")
             raise
         finally:
             self.running -= 1

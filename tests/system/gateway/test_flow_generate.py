@@ -8,13 +8,14 @@ NOT_FOUND -> force_inline retry, a text-only model, and status mapping with safe
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 import pytest
 from vlm.v1 import common_pb2, gateway_pb2
 
-from tests.support.fake_services import sha
+from tests.support.fake_services import idle, sha
 from tests.support.fake_system import (
     PNG_A,
     PNG_B,
@@ -79,6 +80,39 @@ async def test_requests_without_a_deadline_get_the_server_cap(start_system: Star
     system = await start_system(max_request_seconds=30)
     await collect(system.stub.Generate(gateway_pb2.GenerateRequest(messages=[user(text("hi"))])))
     assert 25 < (system.llm.timeouts[0] or 0) <= 30.2  # grpc rounds timeouts up slightly
+
+
+async def test_an_answer_ends_at_its_final_message_without_waiting_for_the_replica(
+    start_system: StartSystem,
+) -> None:
+    """The replica holds its call open after the final message: the client's answer is whole and
+    OK all the same, and the replica's call then ends OK (read, not cancelled)."""
+    system = await start_system()
+    system.llm.hold_after_answer = asyncio.Event()
+    call = system.stub.Generate(gateway_pb2.GenerateRequest(messages=[user(text("hi"))]), timeout=30)
+    responses = await asyncio.wait_for(collect(call), 20)
+    assert answer_of(responses) == "u1.." and await call.code() == grpc.StatusCode.OK
+    assert system.llm.ended == []  # still held
+    system.llm.hold_after_answer.set()
+    assert await idle(system.llm)
+    assert system.llm.ended == ["OK"] and system.llm.cancelled == 0
+
+
+async def test_a_replica_failing_after_a_whole_answer_is_logged(
+    start_system: StartSystem, caplog: pytest.LogCaptureFixture
+) -> None:
+    system = await start_system()
+    system.llm.fail_after_answer = (grpc.StatusCode.INTERNAL, "kv store failed")
+    responses = await collect(system.stub.Generate(gateway_pb2.GenerateRequest(messages=[user(text("hi"))])))
+    assert answer_of(responses) == "u1.." and responses[-1].finish_reason == common_pb2.FINISH_REASON_STOP
+    logged = "then ended the call with INTERNAL: kv store failed"
+    for _ in range(200):
+        if any(logged in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the gateway did not log the replica's status after the answer")
+    assert system.llm.ended == ["INTERNAL"]
 
 
 async def test_evicted_embedding_is_reencoded_inline_once(start_system: StartSystem) -> None:
