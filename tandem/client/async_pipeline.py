@@ -3,7 +3,10 @@
 One ``grpc.aio`` channel to the gateway, opened on first use inside the running event loop.
 A batch sends its prompts concurrently (at most ``max_concurrency`` calls in flight) and returns
 answers in prompt order; streams yield ``Response`` chunks as they arrive, and closing a stream
-early cancels its call. gRPC failures surface as the typed errors of ``tandem.client.errors``.
+early cancels its call. A stream ends with its final chunk (the one with ``finish_reason``: the
+answer is whole, and a session turn already saved): the call's status, which follows it, is read
+in the background and a failure there is logged, so a caller never waits a round trip for it.
+gRPC failures surface as the typed errors of ``tandem.client.errors``.
 ``AsyncSession`` (the handle of a server-side chat session) sits beside it, on the
 ``SessionHandle`` base that the sync ``Session`` shares.
 """
@@ -11,6 +14,7 @@ early cancels its call. gRPC failures surface as the typed errors of ``tandem.cl
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Generic, TypeVar, Unpack, overload
@@ -24,6 +28,8 @@ from tandem.client.errors import InvalidArgument, from_rpc_error
 from tandem.client.prompts import is_batch, to_messages, user_parts
 from tandem.client.response import HistoryMessage, ModelInfo, Response, SessionInfo
 from tandem.wire.convert import model_info_from_pb
+
+log = logging.getLogger(__name__)
 
 GenConfigs = GenerationConfig | Sequence[GenerationConfig] | None
 # Static shapes for type checkers: one prompt -> Response, a list of prompts -> list[Response].
@@ -53,6 +59,17 @@ def build_chat_request(
 
 
 PipeT = TypeVar("PipeT")
+
+
+async def _late_status(call: Any) -> None:
+    try:
+        code = await call.code()
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    if code != grpc.StatusCode.OK:
+        details = await call.details()
+        log.warning("the gateway sent a whole answer, then ended the call with %s: %s", code.name, details)
 
 
 class SessionHandle(Generic[PipeT]):
@@ -101,6 +118,7 @@ class AsyncPipeline:
         self._stub: gateway_pb2_grpc.GatewayServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
         self._slots = asyncio.Semaphore(self.options.max_concurrency)
+        self._finishing: set[asyncio.Future[None]] = set()  # statuses after final chunks
 
     async def __aenter__(self) -> AsyncPipeline:
         return self
@@ -110,6 +128,9 @@ class AsyncPipeline:
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
+        for task in list(self._finishing):
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         if self._channel is not None:
             await self._channel.close(grace=None)
         self._channel = self._stub = None
@@ -157,13 +178,27 @@ class AsyncPipeline:
     async def _chunks(
         self, call: Any, index: int = 0, session_id: str | None = None
     ) -> AsyncIterator[Response]:
+        complete = False
         try:
             async for message in call:
-                yield Response.from_pb(message, index, session_id)
+                chunk = Response.from_pb(message, index, session_id)
+                complete = chunk.finish_reason is not None
+                yield chunk
+                if complete:
+                    break
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
-            call.cancel()
+            if complete:
+                self._status_later(call)
+            else:
+                call.cancel()
+
+    def _status_later(self, call: Any) -> None:
+        """Read the status of a call whose answer is complete without making anyone wait."""
+        task = asyncio.ensure_future(_late_status(call))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _generate(
         self, request: gateway_pb2.GenerateRequest, index: int, timeout: float | None

@@ -27,6 +27,7 @@ from tandem.client import (
     NotFound,
     Pipeline,
     ResourceExhausted,
+    Response,
     Unauthenticated,
     Unavailable,
     pipeline,
@@ -43,9 +44,12 @@ def _text_of(parts: list[gateway_pb2.Part]) -> str:
 
 @dataclass
 class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
-    """Answers ``echo: <last user text>`` in two chunks; ``sleep <s>`` delays, ``fail <kind>`` aborts."""
+    """Answers ``echo: <last user text>`` in two chunks; ``sleep <s>`` delays, ``fail <kind>`` aborts;
+    after the final chunk ``hold`` keeps the call open until ``released``, ``late`` fails it."""
 
     requests: list[gateway_pb2.GenerateRequest] = field(default_factory=list)
+    released: bool = False
+    ended: list[str] = field(default_factory=list)  # how each held or late call ended
     metadata: list[dict[str, str]] = field(default_factory=list)
     sessions: dict[str, list[gateway_pb2.HistoryMessage]] = field(default_factory=dict)
 
@@ -59,6 +63,17 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
         yield {"text": "echo: ", "token_ids": [1], "image_ids": [f"img{i}" for i in range(images)]}
         usage = common_pb2.Usage(prompt_tokens=5, image_tokens=images, completion_tokens=2)
         yield {"text": text, "token_ids": [2], "finish_reason": common_pb2.FINISH_REASON_STOP, "usage": usage}
+        try:
+            while words[:1] == ["hold"] and not self.released:
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            self.ended.append("CANCELLED")
+            raise
+        if words[:1] == ["late"]:
+            self.ended.append("INTERNAL")
+            await context.abort(grpc.StatusCode.INTERNAL, "commit failed")
+        if words[:1] == ["hold"]:
+            self.ended.append("OK")
 
     async def Generate(self, request, context):  # type: ignore[no-untyped-def]
         self.requests.append(request)
@@ -83,10 +98,11 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
         answer = ""
         async for fields in self._answer(text, 0, context):
             answer += fields["text"]
+            if "finish_reason" in fields:  # saved before the final chunk goes out, as the gateway does
+                for role, content in ((common_pb2.ROLE_USER, text), (common_pb2.ROLE_ASSISTANT, answer)):
+                    parts = [gateway_pb2.HistoryPart(text=content)]
+                    history.append(gateway_pb2.HistoryMessage(role=role, parts=parts))
             yield gateway_pb2.ChatResponse(**fields)
-        for role, content in ((common_pb2.ROLE_USER, text), (common_pb2.ROLE_ASSISTANT, answer)):
-            parts = [gateway_pb2.HistoryPart(text=content)]
-            history.append(gateway_pb2.HistoryMessage(role=role, parts=parts))
 
     async def GetSession(self, request, context):  # type: ignore[no-untyped-def]
         history = await self._session(request.session_id, context)
@@ -252,6 +268,44 @@ async def test_async_pipeline(served: Served) -> None:
         await sess.close()
         with pytest.raises(NotFound):
             await sess.get_history()
+
+
+async def test_a_stream_ends_at_its_final_chunk_without_waiting_for_the_status(served: Served) -> None:
+    """The gateway holds the call open after the final chunk: the stream is over all the same,
+    and the call is not cancelled: it ends OK once the gateway lets it."""
+    served.fake.released, served.fake.ended = False, []
+    async with AsyncPipeline(served.address) as apipe:
+        chunks = await asyncio.wait_for(_chunks(apipe.stream_infer("hold on")), 20)
+        assert [c.text for c in chunks] == ["echo: ", "hold on"] and chunks[-1].finish_reason == "stop"
+        assert served.fake.ended == []
+        served.fake.released = True
+        for _ in range(500):
+            if served.fake.ended:
+                break
+            await asyncio.sleep(0.01)
+    assert served.fake.ended == ["OK"]
+
+
+async def test_a_failure_after_the_final_chunk_is_logged(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    served.fake.ended = []
+    async with AsyncPipeline(served.address) as apipe:
+        answer = await apipe("late")
+        assert answer.text == "echo: late" and answer.finish_reason == "stop"
+        for _ in range(500):
+            if any(
+                "then ended the call with INTERNAL: commit failed" in r.getMessage() for r in caplog.records
+            ):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the client did not log the status that followed the answer")
+    assert served.fake.ended == ["INTERNAL"]
+
+
+async def _chunks(stream: AsyncIterator[Response]) -> list[Response]:
+    return [chunk async for chunk in stream]
 
 
 def test_auth_failure_is_unauthenticated() -> None:
