@@ -77,10 +77,12 @@ class HFLanguageModel:
         self.takes_layer_inputs = "deepstack_visual_embeds" in parameters and "visual_pos_masks" in parameters
         # Decode steps skip transformers' per-call machinery where lean_decode.py restates the layers.
         self.lean: LeanDecoder | None = None
-        why = unsupported(module.model, text_config, self.device)
-        if decode_path == "lean" and why is None:
+        why: str | None = "--decode-path hf"
+        if decode_path == "lean":
+            why = unsupported(module.model, text_config, self.device)
+        if why is None:
             self.lean = LeanDecoder(module.model, text_config)
-        self.lean_unsupported = why if decode_path == "lean" else "--decode-path hf"
+        self.lean_unsupported = why
 
     @torch.no_grad()
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
