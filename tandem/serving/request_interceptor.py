@@ -12,7 +12,8 @@ For every call, whatever its type (unary, server, client or bidirectional stream
    are not traced);
 3. when the call ends: ``tandem_grpc_server_handled_total{grpc_service, grpc_method, grpc_type,
    grpc_code}`` and ``tandem_grpc_server_handling_seconds``, the span's status, and one
-   access-log line.
+   access-log line. These are written once grpc.aio is done with the call (its done callback),
+   so the status does not wait for a log line; the duration is taken when the handler ends.
 
 It sits before the auth and error interceptors, so refused calls and mapped errors are counted
 with the status the caller got.
@@ -146,8 +147,19 @@ class RequestInterceptor(aio.ServerInterceptor):
         token = bind(call.context)
         return token, _MetadataFirst(context, ((REQUEST_ID_KEY, call.context.request_id),))
 
-    def _end(self, call: _Call, code: grpc.StatusCode, token: Any) -> None:
-        seconds = time.monotonic() - call.context.started
+    def _end(
+        self, call: _Call, context: aio.ServicerContext, error: BaseException | None, token: Any
+    ) -> None:
+        """The handler ended: unbind its request context, and account for the call once grpc.aio
+        has sent its status."""
+        code, seconds = _status(context, error), time.monotonic() - call.context.started
+        if token is not None:
+            with contextlib.suppress(ValueError):  # an abandoned stream closed from another context
+                unbind(token)
+        # grpc-stubs type the callback as a class of their own; grpc.aio calls any callable
+        context.add_done_callback(lambda _: self._account(call, code, seconds))  # type: ignore[arg-type]
+
+    def _account(self, call: _Call, code: grpc.StatusCode, seconds: float) -> None:
         self.metrics.inc("grpc_server_handled", grpc_code=code.name, **call.labels)
         self.metrics.observe("grpc_server_handling_seconds", seconds, **call.labels)
         span = call.context.span
@@ -157,9 +169,6 @@ class RequestInterceptor(aio.ServerInterceptor):
                 fail(span, code.name)
         end(span)
         log_access(call.context, "grpc", call.context.method, code.name, seconds)
-        if token is not None:
-            with contextlib.suppress(ValueError):  # an abandoned stream closed from another context
-                unbind(token)
 
     def _unary(
         self, behavior: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails, grpc_type: str
@@ -175,7 +184,7 @@ class RequestInterceptor(aio.ServerInterceptor):
             finally:
                 if first is not None:
                     await first.sent()  # before the response or status goes out
-                self._end(call, _status(context, error), token)
+                self._end(call, context, error, token)
 
         return handler
 
@@ -200,6 +209,6 @@ class RequestInterceptor(aio.ServerInterceptor):
             finally:
                 if first is not None:
                     await first.sent()
-                self._end(call, _status(context, error), token)
+                self._end(call, context, error, token)
 
         return handler

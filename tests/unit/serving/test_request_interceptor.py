@@ -4,6 +4,7 @@ before anything else goes out on the call (a response, ``write``, ``abort``, the
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
@@ -31,6 +32,10 @@ class SlowContext:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.wire: list[str] = []
+        self.done_callbacks: list[Any] = []
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.done_callbacks.append(callback)
 
     async def send_initial_metadata(self, metadata: Any) -> None:
         await self.release.wait()
@@ -140,3 +145,22 @@ async def test_a_handler_cannot_send_the_metadata_twice() -> None:
     with pytest.raises(RuntimeError, match="sends the initial metadata"):
         await handler(object(), context)
     assert context.wire == ["metadata req-1"]
+
+
+async def test_the_access_line_waits_for_grpc_to_be_done(caplog: pytest.LogCaptureFixture) -> None:
+    """The status must not wait for a log line: the call is accounted for in its done callback."""
+    context = SlowContext()
+    context.release.set()
+
+    async def behavior(request: Any, ctx: Any) -> str:
+        return "answer"
+
+    handler = _interceptor()._unary(behavior, DETAILS, "unary")
+    with caplog.at_level(logging.INFO, logger="tandem.access"):
+        assert await handler(object(), context) == "answer"
+        assert not [r for r in caplog.records if r.name == "tandem.access"]
+        for callback in context.done_callbacks:
+            callback(context)
+    lines = [r for r in caplog.records if r.name == "tandem.access"]
+    assert len(lines) == 1
+    assert lines[0].access["status"] == "OK" and lines[0].request_id == "req-1"  # type: ignore[attr-defined]
