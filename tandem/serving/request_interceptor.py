@@ -63,6 +63,8 @@ class _MetadataFirst:
     def __init__(self, context: aio.ServicerContext, metadata: tuple[tuple[str, str], ...]):
         self._context = context
         self._sending = asyncio.ensure_future(context.send_initial_metadata(metadata))
+        # a failed send (the client left) is retrieved here, whoever waits for it or not
+        self._sending.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -72,8 +74,6 @@ class _MetadataFirst:
         next send on its own)."""
         if not self._sending.done():
             await asyncio.wait((self._sending,))
-        if not self._sending.cancelled():
-            self._sending.exception()  # retrieved: a failed send is not an unhandled error
 
     async def send_initial_metadata(self, metadata: Any) -> None:
         raise RuntimeError("the request interceptor sends the initial metadata (x-request-id)")
@@ -182,9 +182,9 @@ class RequestInterceptor(aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
+                self._end(call, context, error, token)
                 if first is not None:
                     await first.sent()  # before the response or status goes out
-                self._end(call, context, error, token)
 
         return handler
 
@@ -207,8 +207,8 @@ class RequestInterceptor(aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
+                self._end(call, context, error, token)
                 if first is not None:
                     await first.sent()
-                self._end(call, context, error, token)
 
         return handler

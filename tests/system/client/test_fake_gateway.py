@@ -34,6 +34,7 @@ from tandem.client import (
 )
 from tandem.client.loop_thread import LoopThread
 from tests.support.tls import needs_openssl, self_signed
+from tests.support.waiting import eventually
 
 _CODES = {"overload": grpc.StatusCode.RESOURCE_EXHAUSTED, "bad": grpc.StatusCode.INVALID_ARGUMENT}
 
@@ -279,10 +280,7 @@ async def test_a_stream_ends_at_its_final_chunk_without_waiting_for_the_status(s
         assert [c.text for c in chunks] == ["echo: ", "hold on"] and chunks[-1].finish_reason == "stop"
         assert served.fake.ended == []
         served.fake.released = True
-        for _ in range(500):
-            if served.fake.ended:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: served.fake.ended)
     assert served.fake.ended == ["OK"]
 
 
@@ -293,14 +291,8 @@ async def test_a_failure_after_the_final_chunk_is_logged(
     async with AsyncPipeline(served.address) as apipe:
         answer = await apipe("late")
         assert answer.text == "echo: late" and answer.finish_reason == "stop"
-        for _ in range(500):
-            if any(
-                "then ended the call with INTERNAL: commit failed" in r.getMessage() for r in caplog.records
-            ):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the client did not log the status that followed the answer")
+        logged = "then ended the call with INTERNAL: commit failed"
+        await eventually(lambda: any(logged in r.getMessage() for r in caplog.records))
     assert served.fake.ended == ["INTERNAL"]
 
 

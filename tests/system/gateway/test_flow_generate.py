@@ -28,6 +28,7 @@ from tests.support.fake_system import (
     text,
     user,
 )
+from tests.support.waiting import eventually
 
 SECRET = "db-7.internal.example:6379"
 
@@ -106,12 +107,7 @@ async def test_a_replica_failing_after_a_whole_answer_is_logged(
     responses = await collect(system.stub.Generate(gateway_pb2.GenerateRequest(messages=[user(text("hi"))])))
     assert answer_of(responses) == "u1.." and responses[-1].finish_reason == common_pb2.FINISH_REASON_STOP
     logged = "then ended the call with INTERNAL: kv store failed"
-    for _ in range(200):
-        if any(logged in r.getMessage() for r in caplog.records):
-            break
-        await asyncio.sleep(0.01)
-    else:
-        pytest.fail("the gateway did not log the replica's status after the answer")
+    await eventually(lambda: any(logged in r.getMessage() for r in caplog.records))
     assert system.llm.ended == ["INTERNAL"]
 
 

@@ -25,6 +25,7 @@ from tests.support.fake_system import (
     text,
     user,
 )
+from tests.support.waiting import eventually
 
 KEYS = ("alice=tok-alice", "bob=tok-bob")
 ALICE = (("authorization", "Bearer tok-alice"),)
@@ -129,8 +130,10 @@ async def test_the_language_service_gets_the_tenant_and_drops_deleted_sessions(
     with caplog.at_level(logging.INFO, logger="tandem.access"):
         chat = gateway_pb2.ChatRequest(session_id=sid, parts=[text("hi")])
         await collect(system.stub.Chat(chat, metadata=BOB))
+        await eventually(
+            lambda: any("tenant=bob" in r.getMessage() for r in caplog.records if r.name == "tandem.access")
+        )
     assert [(r.session_id, r.tenant) for r in system.llm.requests] == [(sid, "bob")]
-    assert any("tenant=bob" in r.getMessage() for r in caplog.records if r.name == "tandem.access")
     await system.stub.DeleteSession(gateway_pb2.DeleteSessionRequest(session_id=sid), metadata=BOB)
     assert [(r.session_id, r.tenant) for r in system.llm.released] == [(sid, "bob")]
 

@@ -12,6 +12,7 @@ import pytest
 from vlm.v1 import gateway_pb2
 
 from tandem.serving.logs import ACCESS_LOGGER
+from tests.support.waiting import eventually
 from tests.system.observability.conftest import Observed, generate_request, http, png
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -19,11 +20,19 @@ pytestmark = pytest.mark.asyncio(loop_scope="package")
 SERVICES = ("gateway", "vision_service", "llm_service", "tandem")
 
 
-def _access(records: list[logging.LogRecord], request_id: str) -> dict[str, dict[str, object]]:
-    """The access fields of ``request_id``'s lines, by method."""
-    lines = [r for r in records if r.name == ACCESS_LOGGER and r.request_id == request_id]  # type: ignore[attr-defined]
-    by_method = {r.access["method"]: r.access for r in lines}  # type: ignore[attr-defined]
-    assert len(by_method) == len(lines), "one line per request and service"
+async def _access(
+    records: list[logging.LogRecord], request_id: str, methods: set[str]
+) -> dict[str, dict[str, object]]:
+    """The access fields of ``request_id``'s lines, by method, once ``methods`` all wrote theirs (a
+    service writes its line after its status went out, and the gateway does not wait for the
+    language service's status)."""
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in records if r.name == ACCESS_LOGGER and r.request_id == request_id]  # type: ignore[attr-defined]
+
+    await eventually(lambda: methods <= {r.access["method"] for r in lines()})  # type: ignore[attr-defined]
+    by_method = {r.access["method"]: r.access for r in lines()}  # type: ignore[attr-defined]
+    assert len(by_method) == len(lines()), "one line per request and service"
     return by_method
 
 
@@ -39,12 +48,13 @@ async def test_grpc_request_id_is_echoed_and_on_every_hop(
     responses = [r async for r in call]
     assert dict(await call.initial_metadata())["x-request-id"] == request_id
 
-    access = _access(logs.records, request_id)
-    assert set(access) == {
+    hops = {
         "/vlm.v1.GatewayService/Generate",
         "/vlm.v1.VisionService/Encode",
         "/vlm.v1.LanguageService/GenerateTokens",
     }
+    access = await _access(logs.records, request_id, hops)
+    assert set(access) == hops
     usage = responses[-1].usage
     for method, fields in access.items():
         assert fields["protocol"] == "grpc" and fields["status"] == "OK", method
@@ -81,8 +91,9 @@ async def test_http_request_id_is_echoed_and_reaches_the_workers(
     status, headers, _ = await asyncio.to_thread(http, "POST", url, body, {"X-Request-Id": request_id})
     assert status == 200 and headers["X-Request-Id"] == request_id
 
-    access = _access(logs.records, request_id)
-    assert set(access) == {"POST /v1/chat/completions", "/vlm.v1.LanguageService/GenerateTokens"}
+    hops = {"POST /v1/chat/completions", "/vlm.v1.LanguageService/GenerateTokens"}
+    access = await _access(logs.records, request_id, hops)
+    assert set(access) == hops
     line = access["POST /v1/chat/completions"]
     assert line["protocol"] == "http" and line["status"] == "200" and line["completion_tokens"]
 

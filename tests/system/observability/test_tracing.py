@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.waiting import eventually
 from tests.system.observability.conftest import Observed, generate_request, http, png
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -23,6 +24,17 @@ def _one(spans: Sequence[Any], service: str, name: str) -> Any:
     return found
 
 
+async def _finished(observed: Observed, *wanted: tuple[str, str]) -> Sequence[Any]:
+    """The finished spans, once each (service, name) of ``wanted`` is among them: a server span
+    ends once its status went out, and the gateway does not wait for the language service's."""
+
+    def have() -> set[tuple[str, str]]:
+        return {(_service(s), s.name) for s in observed.spans.get_finished_spans()}
+
+    await eventually(lambda: set(wanted) <= have())
+    return observed.spans.get_finished_spans()
+
+
 def _child_of(span: Any, parent: Any) -> bool:
     return span.parent is not None and span.parent.span_id == parent.context.span_id
 
@@ -35,7 +47,11 @@ async def test_a_request_is_one_trace_across_the_three_services(observed: Observ
         timeout=60,
     )
     [r async for r in call]
-    spans = observed.spans.get_finished_spans()
+    spans = await _finished(
+        observed,
+        ("tandem-gateway", "vlm.v1.GatewayService/Generate"),
+        ("tandem-llm", "vlm.v1.LanguageService/GenerateTokens"),
+    )
     root = _one(spans, "tandem-gateway", "vlm.v1.GatewayService/Generate")
     trace = [s for s in spans if s.context.trace_id == root.context.trace_id]
     assert {_service(s) for s in trace} == {"tandem-gateway", "tandem-vision", "tandem-llm"}
@@ -64,7 +80,11 @@ async def test_an_http_request_continues_the_callers_trace(observed: Observed) -
     body = {"model": observed.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
     await asyncio.to_thread(http, "POST", f"{observed.http_base}/v1/chat/completions", body, headers)
-    spans = observed.spans.get_finished_spans()
+    spans = await _finished(
+        observed,
+        ("tandem-gateway", "POST /v1/chat/completions"),
+        ("tandem-llm", "vlm.v1.LanguageService/GenerateTokens"),
+    )
     server = _one(spans, "tandem-gateway", "POST /v1/chat/completions")
     assert f"{server.context.trace_id:032x}" == trace_id and f"{server.parent.span_id:016x}" == parent_id
     assert server.attributes["http.response.status_code"] == 200

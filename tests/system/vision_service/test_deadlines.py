@@ -25,6 +25,7 @@ from tandem.embeddings.cache import image_id_of
 from tandem.errors import DeadlineExceeded
 from tandem.serving.bootstrap import channel_options
 from tandem.testing.checkpoints import make_test_image
+from tests.support.waiting import eventually
 from vision_service.config import VisionConfig
 from vision_service.domain import ImageInput
 from vision_service.inprocess import RunningVision, running_vision
@@ -102,13 +103,6 @@ async def stored_keys(redis_url: str, prefix: str) -> set[str]:
         return {key async for key in client.scan_iter(match=f"{prefix}:*")}
     finally:
         await client.aclose()
-
-
-async def eventually(condition: Any, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
 
 
 def leaders() -> list[asyncio.Task[Any]]:
