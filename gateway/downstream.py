@@ -149,6 +149,8 @@ class Downstream:
 
     async def close(self) -> None:
         await self.discovery.stop()
+        if self._finishing:  # statuses of whole answers: a moment to arrive, then cancelled
+            await asyncio.wait(list(self._finishing), timeout=1.0)
         for task in list(self._finishing):
             task.cancel()
         await asyncio.gather(*self._finishing, return_exceptions=True)

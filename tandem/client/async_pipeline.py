@@ -31,6 +31,8 @@ from tandem.wire.convert import model_info_from_pb
 
 log = logging.getLogger(__name__)
 
+STATUS_GRACE_SECONDS = 1.0  # close(): how long the statuses of whole answers may still take
+
 GenConfigs = GenerationConfig | Sequence[GenerationConfig] | None
 # Static shapes for type checkers: one prompt -> Response, a list of prompts -> list[Response].
 OnePrompt = str | tuple[Any, ...] | list[dict[str, Any]]
@@ -127,7 +129,10 @@ class AsyncPipeline:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channel; calls in flight are cancelled. The status of an answer already
+        whole gets a moment to arrive first: cancelling would count it as cancelled server-side."""
+        if self._finishing:
+            await asyncio.wait(list(self._finishing), timeout=STATUS_GRACE_SECONDS)
         for task in list(self._finishing):
             task.cancel()
         await asyncio.gather(*self._finishing, return_exceptions=True)

@@ -296,6 +296,20 @@ async def test_a_failure_after_the_final_chunk_is_logged(
     assert served.fake.ended == ["INTERNAL"]
 
 
+async def test_closing_right_after_an_answer_lets_its_status_arrive(served: Served) -> None:
+    """close() gives the status of a whole answer a moment instead of cancelling its call."""
+    served.fake.released, served.fake.ended = False, []
+    apipe = AsyncPipeline(served.address)
+    chunks = await asyncio.wait_for(_chunks(apipe.stream_infer("hold on")), 20)
+    assert chunks[-1].finish_reason == "stop"
+    closing = asyncio.ensure_future(apipe.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done(), "close() did not wait for the answered call's status"
+    served.fake.released = True
+    await asyncio.wait_for(closing, 10)
+    assert served.fake.ended == ["OK"]
+
+
 async def _chunks(stream: AsyncIterator[Response]) -> list[Response]:
     return [chunk async for chunk in stream]
 
