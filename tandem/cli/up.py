@@ -43,7 +43,6 @@ import gc
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -72,6 +71,7 @@ from tandem.launcher import (
     ServiceSpec,
     print_line,
 )
+from tandem.ports import free_port
 from tandem.supervisor import GaveUp, Supervised, Supervisor
 
 __all__ = ["CONFIGS", "STOP_ORDER", "config_argv", "config_class", "run"]
@@ -302,13 +302,6 @@ def gateway_spec(
     command = (sys.executable, "-m", "gateway", *argv)
     pins = {"--http-port": log_dir / "gateway.http-port"} if args.http_port >= 0 else {}
     return ServiceSpec("gateway", command, port_file=port_file, env=env, restart_pins=pins)
-
-
-def free_port() -> int:
-    """A loopback port free right now (for a metrics endpoint, which writes no port file)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def metrics_lines(args: argparse.Namespace, specs: Sequence[ServiceSpec], log_dir: Path) -> str:
