@@ -46,6 +46,7 @@ from tandem.wire.convert import (
     model_info_from_pb,
     usage_from_pb,
 )
+from tandem.wire.late_status import LateStatuses
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Downstream:
         self.language = Router(self.discovery.nodes())
         self.drain_seconds = drain_seconds
         self._draining: dict[asyncio.Future[None], aio.Channel] = {}  # channels of gone replicas
-        self._finishing: set[asyncio.Future[None]] = set()  # statuses of answered calls (generate)
+        self._late = LateStatuses(log)  # statuses of answered calls (generate)
         self.max_images_per_encode = max_images_per_encode
         # round_robin: a headless Service name (dns:///vision:50053) resolves to every pod and
         # calls are balanced per call instead of pinned to the first address (pick_first).
@@ -149,11 +150,7 @@ class Downstream:
 
     async def close(self) -> None:
         await self.discovery.stop()
-        if self._finishing:  # statuses of whole answers: a moment to arrive, then cancelled
-            await asyncio.wait(list(self._finishing), timeout=1.0)
-        for task in list(self._finishing):
-            task.cancel()
-        await asyncio.gather(*self._finishing, return_exceptions=True)
+        await self._late.close()
         for task, channel in list(self._draining.items()):
             task.cancel()
             await channel.close(None)
@@ -288,19 +285,11 @@ class Downstream:
                         continue
                     raise map_rpc_error(err, "language") from None
                 finally:
-                    if finished:
-                        self._await_status(call, address)
+                    if finished:  # the caller does not wait for the replica's status
+                        self._late.read(call, f"language replica {address}")
                     else:
                         call.cancel()
         raise Unavailable("the language service is unavailable; retry later")
-
-    def _await_status(self, call: aio.UnaryStreamCall, address: str) -> None:
-        """The answer is complete (its final message arrived): the replica's status follows in a
-        moment, and the caller does not wait for it. A task reads it and logs one that is not OK;
-        cancelling the call instead would count a served answer as cancelled on the replica."""
-        task = asyncio.ensure_future(_status_after_answer(call, address))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
 
     async def release_session(self, session_id: str, tenant: str, timeout: float) -> None:
         """Ask the session's replica (its rendezvous choice) to drop its KV; best effort, logged."""
@@ -316,21 +305,6 @@ class Downstream:
                 session_id,
                 err.code().name,
             )
-
-
-async def _status_after_answer(call: aio.UnaryStreamCall, address: str) -> None:
-    try:
-        code = await call.code()
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
-    if code != grpc.StatusCode.OK:
-        log.warning(
-            "language replica %s sent a whole answer, then ended the call with %s: %s",
-            address,
-            code.name,
-            await call.details(),
-        )
 
 
 def _peer(address: str) -> dict[str, str]:

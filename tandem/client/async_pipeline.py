@@ -28,10 +28,9 @@ from tandem.client.errors import InvalidArgument, from_rpc_error
 from tandem.client.prompts import is_batch, to_messages, user_parts
 from tandem.client.response import HistoryMessage, ModelInfo, Response, SessionInfo
 from tandem.wire.convert import model_info_from_pb
+from tandem.wire.late_status import LateStatuses
 
 log = logging.getLogger(__name__)
-
-STATUS_GRACE_SECONDS = 1.0  # close(): how long the statuses of whole answers may still take
 
 GenConfigs = GenerationConfig | Sequence[GenerationConfig] | None
 # Static shapes for type checkers: one prompt -> Response, a list of prompts -> list[Response].
@@ -61,17 +60,6 @@ def build_chat_request(
 
 
 PipeT = TypeVar("PipeT")
-
-
-async def _late_status(call: Any) -> None:
-    try:
-        code = await call.code()
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
-    if code != grpc.StatusCode.OK:
-        details = await call.details()
-        log.warning("the gateway sent a whole answer, then ended the call with %s: %s", code.name, details)
 
 
 class SessionHandle(Generic[PipeT]):
@@ -120,7 +108,7 @@ class AsyncPipeline:
         self._stub: gateway_pb2_grpc.GatewayServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
         self._slots = asyncio.Semaphore(self.options.max_concurrency)
-        self._finishing: set[asyncio.Future[None]] = set()  # statuses after final chunks
+        self._late = LateStatuses(log)  # statuses after final chunks (tandem.wire.late_status)
 
     async def __aenter__(self) -> AsyncPipeline:
         return self
@@ -131,11 +119,7 @@ class AsyncPipeline:
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled. The status of an answer already
         whole gets a moment to arrive first: cancelling would count it as cancelled server-side."""
-        if self._finishing:
-            await asyncio.wait(list(self._finishing), timeout=STATUS_GRACE_SECONDS)
-        for task in list(self._finishing):
-            task.cancel()
-        await asyncio.gather(*self._finishing, return_exceptions=True)
+        await self._late.close()
         if self._channel is not None:
             await self._channel.close(grace=None)
         self._channel = self._stub = None
@@ -195,15 +179,9 @@ class AsyncPipeline:
             raise from_rpc_error(exc) from None
         finally:
             if complete:
-                self._status_later(call)
+                self._late.read(call, "the gateway")
             else:
                 call.cancel()
-
-    def _status_later(self, call: Any) -> None:
-        """Read the status of a call whose answer is complete without making anyone wait."""
-        task = asyncio.ensure_future(_late_status(call))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
 
     async def _generate(
         self, request: gateway_pb2.GenerateRequest, index: int, timeout: float | None

@@ -5,4 +5,6 @@
 ``tandem.wire.convert`` holds their ``*_from_pb``/``*_to_pb`` pairs, for the edge modules only
 (the services' servicers and ``convert`` modules, the gateway's downstream clients, the Python
 client). Each domain value has the name of the ``vlm.v1`` message it converts to.
+``tandem.wire.late_status`` reads the status of a stream whose answer is already whole, for the
+two clients that end their streams at the final message (the gateway's and the Python client).
 """
